@@ -280,6 +280,17 @@ class LalePreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(LaleSelfAttention, index=1),
     }
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves as usual, with every LALE entry point in `auto_map` so remote code can load any of them."""
+        self.config.auto_map = {
+            "AutoConfig": "configuration_lale.LaleConfig",
+            "AutoModel": "modeling_lale.LaleModel",
+            "AutoModelForSemanticSegmentation": "modeling_lale.LaleForSemanticSegmentation",
+            "AutoBackbone": "modeling_lale.LaleBackbone",
+            **(getattr(self.config, "auto_map", None) or {}),
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         if isinstance(module, (nn.Linear, nn.Conv2d)):
