@@ -97,7 +97,8 @@ def _as_rgb_input(image):
         array = array[..., None]
     if array.ndim != 3:
         raise ValueError(f"Expected an image of shape (H, W, C) or (C, H, W), got shape {array.shape}. {hint}")
-    channels_first = array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+    # The band axis is the shorter of the first and last (images are far larger than their band count).
+    channels_first = array.shape[0] < array.shape[-1]
     channels = array.shape[0] if channels_first else array.shape[-1]
     if channels not in (1, 3):
         raise ValueError(f"Got an image with {channels} bands (shape {array.shape}); expected 3 (RGB). {hint}")

@@ -39,3 +39,41 @@ def clean_env() -> dict:
 
 def python_executable() -> str:
     return sys.executable
+
+
+def cache_model_in_hf_home(folder: Path, repo_id: str) -> Path:
+    """Puts a saved model folder into the HF cache as `repo_id` (the documented layout), as a download would."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo_folder = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}:{sorted(p.name for p in folder.iterdir())}".encode()).hexdigest()
+    snapshot = repo_folder / "snapshots" / commit
+    shutil.rmtree(repo_folder, ignore_errors=True)
+    shutil.copytree(folder, snapshot)
+    (repo_folder / "refs").mkdir(parents=True)
+    (repo_folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def lale_tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised lale-tiny with its image processor, saved with save_pretrained."""
+    import torch
+
+    from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+
+    folder = tmp_path_factory.mktemp("lale-tiny")
+    torch.manual_seed(0)
+    LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny")).eval().save_pretrained(folder)
+    LaleImageProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cached_lale_tiny(lale_tiny_checkpoint) -> str:
+    """`org/lale-tiny` in the session's HF cache, so the literal Hub id loads offline."""
+    cache_model_in_hf_home(lale_tiny_checkpoint, "org/lale-tiny")
+    return "org/lale-tiny"
