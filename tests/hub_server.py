@@ -151,9 +151,7 @@ class GitRepos:
             for line in lines:
                 key, value = line.get("key"), line.get("value", {})
                 path = value.get("path", "")
-                if key in ("file", "lfsFile") and (
-                    not path or path.startswith("/") or {".", "..", ".git"} & set(path.split("/"))
-                ):
+                if key in ("file", "lfsFile") and not valid_path(path):
                     raise HubError(400, None, f"Invalid path in repo: {path!r}")
                 if key == "file":
                     content = base64.b64decode(value["content"])
@@ -204,6 +202,12 @@ class GitRepos:
         return [line.split()[0] for line in text.splitlines() if "filter=lfs" in line.split()[1:]]
 
 
+def valid_path(path: str) -> bool:
+    # Newlines and tabs would corrupt the index listing that git update-index reads.
+    parts = path.split("/")
+    return bool(path) and "" not in parts and not {".", "..", ".git"} & set(parts) and not set("\n\t\0") & set(path)
+
+
 def lfs_matches(path: str, patterns: list[str]) -> bool:
     # gitattributes: a pattern without a slash matches the file name at any depth.
     return any(fnmatch.fnmatch(path if "/" in p else path.rsplit("/", 1)[-1], p) for p in patterns)
@@ -242,13 +246,12 @@ class ToOlah(Response):
             messages.append(message)
 
         await self.olah(scope, receive, keep)
-        start = messages[0]
-        body = b"".join(m.get("body", b"") for m in messages[1:])
-        if start["status"] != 200:
-            headers = {k.decode(): v.decode() for k, v in start["headers"]}
-            await Response(body, start["status"], headers)(scope, receive, send)
+        if messages[0]["status"] != 200:
+            for message in messages:
+                await send(message)
             return
-        headers = {k.decode(): v.decode() for k, v in start["headers"] if k.lower() != b"content-length"}
+        body = b"".join(message.get("body", b"") for message in messages[1:])
+        headers = {k.decode(): v.decode() for k, v in messages[0]["headers"] if k.lower() != b"content-length"}
         span = parse_range(self.byte_range, len(body))
         if span is None:
             response = Response(b"", 416, {"Content-Range": f"bytes */{len(body)}"})
@@ -327,7 +330,8 @@ def make_app(root: Path, olah_app) -> FastAPI:
                     # The client compares an LFS file by its sha256: the oid in the stored pointer.
                     pointer = LFS_POINTER_RE.fullmatch(repos.blob(repo, oid))
                     oid = pointer.group(1).decode() if pointer else None
-                answer.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+                mode = "lfs" if lfs else "regular"
+                answer.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
             return {"files": answer, "commitOid": commit}
 
         return await asyncio.to_thread(modes)
@@ -366,14 +370,19 @@ def make_app(root: Path, olah_app) -> FastAPI:
         target = repos.lfs_object(repo, oid)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as part:
-            async for chunk in request.stream():
-                digest.update(chunk)
-                part.write(chunk)
-        if digest.hexdigest() != oid:
-            os.unlink(part.name)
-            raise HubError(400, None, f"Uploaded content has sha256 {digest.hexdigest()}, not {oid}")
-        os.replace(part.name, target)
+        part = tempfile.NamedTemporaryFile(dir=target.parent, delete=False)
+        try:
+            with part:
+                async for chunk in request.stream():
+                    digest.update(chunk)
+                    part.write(chunk)
+            if digest.hexdigest() != oid:
+                raise HubError(400, None, f"Uploaded content has sha256 {digest.hexdigest()}, not {oid}")
+            os.replace(part.name, target)
+        finally:
+            # Nothing half-written stays behind: olah would serve it as content.
+            if os.path.exists(part.name):
+                os.unlink(part.name)
         return Response(status_code=200)
 
     @app.post("/api/{kind}/{org}/{name}/commit/{revision}")
@@ -384,16 +393,15 @@ def make_app(root: Path, olah_app) -> FastAPI:
             raise HubError(400, None, "Pull requests are not served")
         lines = [json.loads(line) for line in (await request.body()).decode().splitlines() if line.strip()]
         oid = await asyncio.to_thread(repos.commit, kind, repo_id, revision, lines)
-        return {"commitUrl": f"{repo_url(request, kind, repo_id)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+        commit_url = f"{repo_url(request, kind, repo_id)}/commit/{oid}"
+        return {"commitUrl": commit_url, "commitOid": oid, "pullRequestUrl": None}
 
-    def checked(kind: str, repo_id: str, revision: str, path: str = "", want: str | None = None) -> None:
+    def checked(kind: str, repo_id: str, revision: str, path: str = "", want: str = "tree") -> None:
         """Raise the Hub's 404 for a missing repository, revision or path (olah answers 401 RepoNotFound)."""
         repo = repos.existing(kind, repo_id)
         commit = repos.resolve(repo, revision)
-        if path:
-            found = repos.object_type(repo, commit, path)
-            if found is None or (want is not None and found != want):
-                raise HubError(404, "EntryNotFound", f"{path} does not exist on {revision!r}")
+        if path and repos.object_type(repo, commit, path) != want:
+            raise HubError(404, "EntryNotFound", f"{path} does not exist on {revision!r}")
 
     @app.api_route("/api/{kind}/{org}/{name}", methods=["GET", "HEAD"])
     def repo_info(kind: str, org: str, name: str):
@@ -409,7 +417,7 @@ def make_app(root: Path, olah_app) -> FastAPI:
     @app.api_route("/api/{kind}/{org}/{name}/tree/{revision}", methods=["GET", "HEAD"])
     @app.api_route("/api/{kind}/{org}/{name}/tree/{revision}/{path:path}", methods=["GET", "HEAD"])
     def tree(kind: str, org: str, name: str, revision: str, path: str = ""):
-        checked(kind_of(kind), f"{org}/{name}", revision, path.strip("/"), want="tree")
+        checked(kind_of(kind), f"{org}/{name}", revision, path.strip("/"))
         # olah only routes the form with a path, even an empty one.
         return ToOlah(olah_app, f"/api/{kind}/{org}/{name}/tree/{revision}/{path}")
 
@@ -485,7 +493,8 @@ def main() -> None:
     repos_root = args.root / "repos"
     repos_root.mkdir(parents=True, exist_ok=True)
     olah_app = make_olah(repos_root, args.root / "olah-cache", f"127.0.0.1:{upstream.getsockname()[1]}", port)
-    server = uvicorn.Server(uvicorn.Config(make_app(repos_root, olah_app), log_level="info", timeout_graceful_shutdown=2))
+    app = make_app(repos_root, olah_app)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=2))
 
     async def serve() -> None:
         async def exit_with_parent() -> None:

@@ -289,6 +289,7 @@ PULL_MODEL = """
 """
 
 
+@pytest.mark.slow
 def test_push_to_hub_and_remote_code_from_pretrained(hub_server, tmp_path):
     code, reference, elsewhere = tmp_path / "code", tmp_path / "reference.pt", tmp_path / "elsewhere"
     code.mkdir()
@@ -331,10 +332,11 @@ PULL_DATASET = """
     from huggingface_hub import snapshot_download
 
     folder = snapshot_download("hubtest/aras400k-mini", repo_type="dataset")
-    files = {
-        os.path.relpath(os.path.join(top, name), folder): hashlib.sha256(open(os.path.join(top, name), "rb").read()).hexdigest()
-        for top, _, names in os.walk(folder) for name in names
-    }
+    files = {}
+    for top, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(top, name)
+            files[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
     loaded = datasets.load_dataset("hubtest/aras400k-mini", split="train")
     streamed = datasets.load_dataset("hubtest/aras400k-mini", split="train", streaming=True)
     print(json.dumps({
@@ -346,6 +348,7 @@ PULL_DATASET = """
 """
 
 
+@pytest.mark.slow
 def test_dataset_repo_round_trip(hub_server, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
