@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 
+# The local Hub server (tests/hub_server.py) for push and download tests.
+pytest_plugins = ["hub_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lale-hf-home-"))

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Evaluate a segmentation checkpoint on a split: macro F1, mIoU, per-class scores and a confusion-matrix plot.
+
+    accelerate launch scripts/evaluate.py --model_name_or_path outputs/lale-tiny --dataset_name outputs/aras400k \
+        --split test --output_dir outputs/lale-tiny-test
+
+Runs on one or several processes; every sample is counted exactly once.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForSemanticSegmentation
+
+import lale_hf  # noqa: F401  (registers LALE with the Auto classes)
+from lale_hf.training import (
+    SegmentationDataset,
+    evaluate,
+    first_samples,
+    load_segmentation_splits,
+    save_confusion_matrix_plot,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="Hub id or folder of a segmentation model.")
+    parser.add_argument("--dataset_name", required=True, help="Hub id or folder written by prepare_aras400k.py.")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--max_eval_samples", type=int)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--output_dir", required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator()
+    splits, id2label = load_segmentation_splits(args.dataset_name, [args.split])
+    model = AutoModelForSemanticSegmentation.from_pretrained(
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code
+    )
+    if model.config.num_labels != len(id2label):
+        raise SystemExit(
+            f"error: {args.model_name_or_path} predicts {model.config.num_labels} classes, "
+            f"the dataset has {len(id2label)}"
+        )
+    dataset = SegmentationDataset(first_samples(splits[args.split], args.max_eval_samples), args.image_size)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
+    )
+    model, dataloader = accelerator.prepare(model, dataloader)
+    results = evaluate(model, dataloader, accelerator, id2label)
+
+    if accelerator.is_main_process:
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
+        partial = output_dir / ".eval_results.json.partial"
+        partial.write_text(json.dumps({**results, "split": args.split, "model": args.model_name_or_path}, indent=2))
+        os.replace(partial, output_dir / "eval_results.json")
+        width = max(len(name) for name in id2label.values())
+        print(f"{args.split}: {results['num_samples']} samples")
+        print(f"{'class':<{width}}  F1      IoU")
+        for name in id2label.values():
+            print(f"{name:<{width}}  {results[f'eval_f1_{name}']:.4f}  {results[f'eval_iou_{name}']:.4f}")
+        print(f"macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}; "
+              f"results in {output_dir / 'eval_results.json'}, plot in {output_dir / 'confusion_matrix.png'}")
+
+
+if __name__ == "__main__":
+    main()

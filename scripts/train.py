@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""Train LALE (or any transformers semantic-segmentation model) on ARAS400k-style data with 🤗 Accelerate.
+
+    accelerate launch scripts/train.py --dataset_name outputs/aras400k --preset lale-tiny --output_dir outputs/lale-tiny
+
+Argument names follow transformers' `run_semantic_segmentation_no_trainer.py` where they overlap.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSemanticSegmentation, get_scheduler
+
+from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf.model_card import build_model_card
+from lale_hf.training import (
+    OverheadAugmentation,
+    SegmentationDataset,
+    TrainingState,
+    evaluate,
+    first_samples,
+    list_checkpoints,
+    load_segmentation_splits,
+    replace_directory,
+    save_confusion_matrix_plot,
+    segmentation_loss,
+)
+
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True, help="A Hub dataset id or a folder written by prepare_aras400k.py.")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--validation_split", default="validation")
+    data.add_argument("--include_synthetic", action="store_true", help="Train on train + synthetic, as the ARAS400k paper.")
+    data.add_argument("--synthetic_split", default="synthetic")
+    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--max_eval_samples", type=int)
+    data.add_argument("--image_size", type=int, default=256)
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--no_augmentation", action="store_true", help="Disable flips/rotations, scale/crop, jitter.")
+    data.add_argument("--scale_range", type=float, nargs=2, default=(0.75, 1.5))
+
+    model = parser.add_argument_group("model (exactly one of --preset, --model_name_or_path, --config_name)")
+    model.add_argument("--preset", choices=sorted(LALE_PRESETS), help="Train a LALE preset from scratch.")
+    model.add_argument("--model_name_or_path", help="Fine-tune any checkpoint (Hub id or folder).")
+    model.add_argument("--config_name", help="Train from scratch from the config JSON of any segmentation model.")
+    model.add_argument("--ignore_mismatched_sizes", action="store_true", help="Re-initialise a head of another size.")
+    model.add_argument("--trust_remote_code", action="store_true")
+    model.add_argument("--activation_checkpointing", action="store_true")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    optim.add_argument("--learning_rate", type=float, default=1e-3)
+    optim.add_argument("--weight_decay", type=float, default=0.01)
+    optim.add_argument("--num_train_epochs", type=int, default=20)
+    optim.add_argument("--max_train_steps", type=int, help="Overrides --num_train_epochs.")
+    optim.add_argument("--max_train_minutes", type=float, help="Wall-clock budget: stop after this much training.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--lr_scheduler_type", default="polynomial", choices=["polynomial", "cosine", "linear", "constant_with_warmup"])
+    optim.add_argument("--num_warmup_steps", type=int, default=0)
+    optim.add_argument("--loss", default="ce", choices=["ce", "dice", "ce+dice"])
+    optim.add_argument("--class_weights", type=float, nargs="+", help="One cross-entropy weight per class.")
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Defaults to accelerate's config.")
+    optim.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("evaluation, checkpoints, output")
+    run.add_argument("--eval_steps", type=int, help="Evaluate every N optimizer steps (default: every epoch).")
+    run.add_argument("--checkpointing_steps", help="'epoch' or a number of optimizer steps.")
+    run.add_argument("--checkpoints_total_limit", type=int, help="Keep only the newest N step checkpoints.")
+    run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder.")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id")
+    run.add_argument("--hub_token")
+    run.add_argument("--hub_private_repo", action="store_true")
+    run.add_argument("--push_checkpoints", action="store_true", help="Also push every evaluated model as a commit.")
+    args = parser.parse_args(argv)
+
+    if sum(x is not None for x in (args.preset, args.model_name_or_path, args.config_name)) != 1:
+        parser.error("give exactly one of --preset, --model_name_or_path, --config_name")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. org/lale-tiny)")
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        parser.error(f"--checkpointing_steps must be 'epoch' or a positive integer, got {args.checkpointing_steps!r}")
+    return args
+
+
+def build_model(args, id2label):
+    label2id = {name: index for index, name in id2label.items()}
+    if args.preset:
+        return LaleForSemanticSegmentation(LaleConfig.from_preset(args.preset, id2label=id2label, label2id=label2id))
+    if args.config_name:
+        config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
+        config.id2label, config.label2id = id2label, label2id
+        return AutoModelForSemanticSegmentation.from_config(config, trust_remote_code=args.trust_remote_code)
+    config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    if config.num_labels != len(id2label) and not args.ignore_mismatched_sizes:
+        raise SystemExit(
+            f"error: {args.model_name_or_path} predicts {config.num_labels} classes but the dataset has "
+            f"{len(id2label)} ({', '.join(id2label.values())}); pass --ignore_mismatched_sizes to re-initialise the head."
+        )
+    return AutoModelForSemanticSegmentation.from_pretrained(
+        args.model_name_or_path, id2label=id2label, label2id=label2id,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator_kwargs = {"log_with": args.report_to, "project_dir": args.output_dir} if args.with_tracking else {}
+    if args.mixed_precision:
+        accelerator_kwargs["mixed_precision"] = args.mixed_precision
+    # A seedable sampler makes the shuffled order a function of (seed, epoch): resuming replays it exactly.
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        **accelerator_kwargs,
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+
+    # Data: every check runs before the model is built, so a bad argument fails at once.
+    train_splits = [args.train_split] + ([args.synthetic_split] if args.include_synthetic else [])
+    splits, id2label = load_segmentation_splits(args.dataset_name, [*train_splits, args.validation_split])
+    train_split = first_samples(datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples)
+    eval_split = first_samples(splits[args.validation_split], args.max_eval_samples)
+    if args.class_weights and len(args.class_weights) != len(id2label):
+        raise SystemExit(f"error: --class_weights has {len(args.class_weights)} values for {len(id2label)} classes")
+    model = build_model(args, id2label)
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    processor = LaleImageProcessor(size={"height": args.image_size, "width": args.image_size})
+    augmentation = None if args.no_augmentation else OverheadAugmentation(
+        crop_size=args.image_size, scale_range=tuple(args.scale_range), ignore_index=255
+    )
+    train_dataset = SegmentationDataset(train_split, args.image_size, augmentation, seed=args.seed)
+    eval_dataset = SegmentationDataset(eval_split, args.image_size)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+        num_workers=args.dataloader_num_workers,
+    )
+    eval_dataloader = torch.utils.data.DataLoader(
+        eval_dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
+    )
+
+    no_decay = ("bias", "norm", "scale")
+    parameter_groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate)
+
+    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise SystemExit("error: the training split is smaller than one batch per process")
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+    )
+    class_weights = torch.tensor(args.class_weights) if args.class_weights else None
+
+    if args.with_tracking:
+        accelerator.init_trackers("lale", {k: str(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items()})
+
+    state = TrainingState()
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint:
+        checkpoint = (
+            (list_checkpoints(output_dir) or [None])[-1] if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
+        if checkpoint is None or not checkpoint.is_dir():
+            raise SystemExit(f"error: no checkpoint to resume from ({args.resume_from_checkpoint!r} in {output_dir})")
+        accelerator.print(f"Resumed from checkpoint: {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        state = TrainingState.load(checkpoint)
+
+    def save_checkpoint():
+        accelerator.wait_for_everyone()
+        final = output_dir / f"step_{state.completed_steps}"
+        partial = output_dir / f".partial_step_{state.completed_steps}"
+        accelerator.save_state(str(partial))
+        if accelerator.is_main_process:
+            state.save(partial)
+            replace_directory(partial, final)
+            if args.checkpoints_total_limit:
+                for stale in list_checkpoints(output_dir)[: -args.checkpoints_total_limit]:
+                    shutil.rmtree(stale)
+        accelerator.wait_for_everyone()
+
+    def run_evaluation():
+        results = {**evaluate(model, eval_dataloader, accelerator, id2label), "step": state.completed_steps}
+        state.last_eval = results
+        accelerator.print(
+            f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}"
+        )
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in results.items() if isinstance(v, float)}, step=state.completed_steps)
+        if accelerator.is_main_process:
+            save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
+        if results["eval_macro_f1"] > state.best_macro_f1:
+            state.best_macro_f1 = results["eval_macro_f1"]
+            save_model(output_dir / "best", results)
+        if args.push_to_hub and args.push_checkpoints:
+            save_model(output_dir / ".push", results)
+            if accelerator.is_main_process:
+                push_folder(args, output_dir / ".push", f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}")
+        return results
+
+    def save_model(folder, results):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            partial = folder.with_name("." + folder.name + ".partial")
+            accelerator.unwrap_model(model).save_pretrained(partial)
+            processor.save_pretrained(partial)
+            (partial / "eval_results.json").write_text(json.dumps(results, indent=2))
+            replace_directory(partial, folder)
+
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"  Num examples = {len(train_dataset)}, epochs = {num_train_epochs}, total batch = {total_batch_size}")
+    logger.info(f"  Optimization steps = {max_train_steps}, steps per epoch = {steps_per_epoch}")
+    progress_bar = tqdm(range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process)
+    start_time = time.monotonic() - state.train_seconds
+    out_of_time = False
+    for epoch in range(state.epoch, num_train_epochs):
+        model.train()
+        train_dataset.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == state.epoch and state.batches_in_epoch:
+            batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
+        else:
+            state.batches_in_epoch = 0
+        state.epoch = epoch
+        for batch in batches:
+            with accelerator.accumulate(model):
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                loss = segmentation_loss(logits, batch["labels"], args.loss, class_weights)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            state.batches_in_epoch += 1
+            state.samples_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            state.completed_steps += 1
+            state.loss_history.append(accelerator.gather(loss.detach()).mean().item())
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{state.loss_history[-1]:.4f}")
+            if args.with_tracking:
+                accelerator.log({"train_loss": state.loss_history[-1], "lr": lr_scheduler.get_last_lr()[0]}, step=state.completed_steps)
+            state.train_seconds = time.monotonic() - start_time
+            if args.eval_steps and state.completed_steps % args.eval_steps == 0:
+                run_evaluation()
+                model.train()
+            if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
+                save_checkpoint()
+            if args.max_train_minutes is not None:
+                # Every process must agree, or one would wait forever in the next collective.
+                elapsed = torch.tensor(state.train_seconds, device=accelerator.device)
+                out_of_time = accelerator.reduce(elapsed, reduction="max").item() > args.max_train_minutes * 60
+            if state.completed_steps >= max_train_steps or out_of_time:
+                break
+        else:
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
+            if not args.eval_steps:
+                run_evaluation()
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint()
+            continue
+        break
+    progress_bar.close()
+
+    results = run_evaluation() if state.last_eval is None or state.last_eval["step"] != state.completed_steps else state.last_eval
+    results = {
+        **{k: v for k, v in results.items() if k != "confusion_matrix"},
+        "train_steps": state.completed_steps,
+        "train_samples": state.samples_seen,
+        "train_runtime_seconds": round(state.train_seconds, 2),
+        "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 3),
+        "train_loss_first": state.loss_history[0] if state.loss_history else None,
+        "train_loss_last": state.loss_history[-1] if state.loss_history else None,
+        "train_loss_history": state.loss_history,
+        "stopped_by_time_budget": out_of_time,
+    }
+    if args.with_tracking:
+        accelerator.end_training()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        card = build_model_card(
+            results=results, args=vars(args), config=unwrapped.config, num_parameters=unwrapped.num_parameters(),
+            num_processes=accelerator.num_processes, device=str(accelerator.device),
+        )
+        card.save(output_dir / "README.md")
+        partial = output_dir / ".all_results.json.partial"
+        partial.write_text(json.dumps(results, indent=2))
+        os.replace(partial, output_dir / "all_results.json")
+        if args.push_to_hub:
+            push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
+        accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")
+    accelerator.wait_for_everyone()
+
+
+def push_folder(args, folder, message):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+    api.upload_folder(
+        repo_id=args.hub_model_id, folder_path=folder, commit_message=message,
+        ignore_patterns=["step_*", ".*", "best/*", "runs/*", "*.partial"],
+    )
+
+
+if __name__ == "__main__":
+    main()
