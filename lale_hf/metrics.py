@@ -3,7 +3,8 @@
 `SegmentationMetrics` accumulates a confusion matrix in torch, on the device of the predictions, batch after batch.
 Per-class and macro F1, precision, recall and IoU, mean and overall accuracy are derived from it at the end. The
 matrix is additive: summing the matrices of several batches or processes (`reduce`, `merge`) gives exactly the
-result of one pass over all the data.
+result of one pass over all the data. `confusion_matrix_per_sample` gives one matrix per sample instead, for
+`accelerator.gather_for_metrics`; `metrics_from_confusion_matrix` turns any such matrix into a flat dict of floats.
 
 Conventions (those of evaluate's `mean_iou`):
 - pixels whose reference is `ignore_index` are skipped; any other reference outside [0, K) is an error;
@@ -61,15 +62,7 @@ class SegmentationMetrics:
         if self.confusion_matrix.device != predictions.device:
             self.confusion_matrix = self.confusion_matrix.to(predictions.device)
         predictions, references = predictions.reshape(-1).long(), references.reshape(-1).long()
-        keep = (references >= 0) & (references < self.num_labels)
-        ignored = references == self.ignore_index if self.ignore_index is not None else torch.zeros_like(keep)
-        if not bool((keep | ignored).all()):
-            bad = torch.unique(references[~(keep | ignored)])[:10].tolist()
-            raise ValueError(
-                f"references hold values {bad} outside [0, {self.num_labels}) that are not the ignore index "
-                f"{self.ignore_index}; check `num_labels` and `ignore_index`."
-            )
-        keep &= ~ignored
+        keep = _counted_pixels(references, self.num_labels, self.ignore_index)
         predictions, references = predictions[keep], references[keep]
         columns = self.num_labels + 1
         predictions = torch.where((predictions >= 0) & (predictions < self.num_labels), predictions, self.num_labels)
@@ -111,47 +104,91 @@ class SegmentationMetrics:
         metrics.confusion_matrix = torch.as_tensor(state["confusion_matrix"], dtype=torch.int64).clone()
         return metrics
 
-    def compute(self) -> dict:
-        """Metrics from the counts so far: floats, and NumPy arrays of shape (K,) for the per-class ones."""
-        matrix = self.confusion_matrix.detach().cpu().double().numpy()
-        true_positives = np.diag(matrix[:, : self.num_labels])
-        predicted = matrix[:, : self.num_labels].sum(axis=0)
-        actual = matrix.sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = true_positives / predicted
-            recall = true_positives / actual
-            iou = true_positives / (actual + predicted - true_positives)
-            f1 = 2 * true_positives / (actual + predicted)
-            overall_accuracy = true_positives.sum() / actual.sum() if actual.sum() else float("nan")
-        return {
-            "mean_iou": _nanmean(iou),
-            "mean_accuracy": _nanmean(recall),
-            "overall_accuracy": float(overall_accuracy),
-            "macro_f1": _nanmean(f1),
-            "macro_precision": _nanmean(precision),
-            "macro_recall": _nanmean(recall),
-            "per_category_iou": iou,
-            "per_category_accuracy": recall,
-            "per_category_f1": f1,
-            "per_category_precision": precision,
-            "per_category_recall": recall,
-        }
+    def compute(self) -> dict[str, float]:
+        """Flat {name: float} from the counts so far; see `metrics_from_confusion_matrix`."""
+        return metrics_from_confusion_matrix(self.confusion_matrix, self.id2label)
 
-    def to_log_dict(self, prefix: str = "") -> dict[str, float]:
-        """Flat {name: float} for trackers: the macro scores, then `iou/<class>` and `f1/<class>` per class
-        (classes with an undefined score are left out)."""
-        results = self.compute()
-        flat = {
-            f"{prefix}{name}": value
-            for name, value in results.items()
-            if not name.startswith("per_category") and not np.isnan(value)
-        }
-        for metric in ("iou", "f1"):
-            for index, value in enumerate(results[f"per_category_{metric}"]):
-                if not np.isnan(value):
-                    label = self.id2label.get(index, str(index)) if self.id2label else str(index)
-                    flat[f"{prefix}{metric}/{label}"] = float(value)
-        return flat
+
+def confusion_matrix_per_sample(predictions, references, num_labels: int, ignore_index: int | None = 255):
+    """One (K, K) confusion matrix per sample, shape (N, K, K), on the inputs' device.
+
+    For `accelerator.gather_for_metrics`, which drops the samples an uneven last batch repeats across processes:
+    summing the gathered matrices counts every sample once. Predictions must be class indices in [0, K) (argmax
+    output); `SegmentationMetrics` also takes arbitrary predictions.
+    """
+    predictions = torch.as_tensor(predictions)
+    references = torch.as_tensor(references, device=predictions.device)
+    if predictions.shape != references.shape or predictions.dim() < 2:
+        raise ValueError(
+            f"Expected predictions and references of the same shape (N, ...), got {tuple(predictions.shape)} and "
+            f"{tuple(references.shape)}."
+        )
+    num_samples = predictions.shape[0]
+    predictions, references = predictions.reshape(num_samples, -1).long(), references.reshape(num_samples, -1).long()
+    if not bool(((predictions >= 0) & (predictions < num_labels)).all()):
+        raise ValueError(f"predictions must be class indices in [0, {num_labels}); use SegmentationMetrics otherwise.")
+    keep = _counted_pixels(references, num_labels, ignore_index)
+    sample = torch.arange(num_samples, device=predictions.device)[:, None].expand_as(references)
+    index = (sample * num_labels + references) * num_labels + predictions
+    counts = torch.bincount(index[keep], minlength=num_samples * num_labels * num_labels)
+    return counts.reshape(num_samples, num_labels, num_labels)
+
+
+def scores_from_confusion_matrix(confusion_matrix) -> dict:
+    """Per-class arrays (`per_category_iou`, `_accuracy`, `_f1`, `_precision`, `_recall`, NaN where undefined) and
+    their macro means, from a (K, K) matrix or a (K, K+1) one whose last column counts out-of-range predictions."""
+    matrix = torch.as_tensor(confusion_matrix).detach().cpu().double().numpy()
+    num_labels = matrix.shape[0]
+    if matrix.ndim != 2 or matrix.shape[1] not in (num_labels, num_labels + 1):
+        raise ValueError(f"Expected a (K, K) or (K, K+1) confusion matrix, got shape {matrix.shape}.")
+    true_positives = np.diag(matrix[:, :num_labels])
+    predicted = matrix[:, :num_labels].sum(axis=0)
+    actual = matrix.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = true_positives / predicted
+        recall = true_positives / actual
+        iou = true_positives / (actual + predicted - true_positives)
+        f1 = 2 * true_positives / (actual + predicted)
+    return {
+        "mean_iou": _nanmean(iou),
+        "mean_accuracy": _nanmean(recall),
+        "overall_accuracy": float(true_positives.sum() / actual.sum()) if actual.sum() else float("nan"),
+        "macro_f1": _nanmean(f1),
+        "macro_precision": _nanmean(precision),
+        "macro_recall": _nanmean(recall),
+        "per_category_iou": iou,
+        "per_category_accuracy": recall,
+        "per_category_f1": f1,
+        "per_category_precision": precision,
+        "per_category_recall": recall,
+    }
+
+
+def metrics_from_confusion_matrix(confusion_matrix, id2label: dict | None = None) -> dict[str, float]:
+    """Flat {name: float}, ready for logs and JSON: `macro_f1`, `macro_precision`, `macro_recall`, `mean_iou`,
+    `mean_accuracy`, `overall_accuracy`, then `f1_<class>`, `iou_<class>`, `precision_<class>`, `recall_<class>` for
+    every class (named by `id2label`, else by index; NaN where undefined, e.g. a class absent from references and
+    predictions; macro means leave those out)."""
+    scores = scores_from_confusion_matrix(confusion_matrix)
+    flat = {name: value for name, value in scores.items() if not name.startswith("per_category")}
+    names = {int(k): v for k, v in id2label.items()} if id2label else {}
+    for metric in ("f1", "iou", "precision", "recall"):
+        for index, value in enumerate(scores[f"per_category_{metric}"]):
+            flat[f"{metric}_{names.get(index, index)}"] = float(value)
+    return flat
+
+
+def _counted_pixels(references: torch.Tensor, num_labels: int, ignore_index: int | None) -> torch.Tensor:
+    """Mask of the pixels to count: references in [0, K) other than `ignore_index`; any other value is an error."""
+    in_range = (references >= 0) & (references < num_labels)
+    ignored = references == ignore_index if ignore_index is not None else torch.zeros_like(in_range)
+    if not bool((in_range | ignored).all()):
+        bad = torch.unique(references[~(in_range | ignored)])[:10].tolist()
+        raise ValueError(
+            f"references hold values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}; "
+            "check `num_labels` and `ignore_index`."
+        )
+    return in_range & ~ignored
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -164,4 +201,10 @@ def land_cover_metrics_path() -> str:
     return str(Path(__file__).parent / "evaluate_modules" / "land_cover_metrics" / "land_cover_metrics.py")
 
 
-__all__ = ["SegmentationMetrics", "land_cover_metrics_path"]
+__all__ = [
+    "SegmentationMetrics",
+    "confusion_matrix_per_sample",
+    "land_cover_metrics_path",
+    "metrics_from_confusion_matrix",
+    "scores_from_confusion_matrix",
+]

@@ -13,7 +13,13 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
-from lale_hf.metrics import SegmentationMetrics, land_cover_metrics_path
+from lale_hf.metrics import (
+    SegmentationMetrics,
+    confusion_matrix_per_sample,
+    land_cover_metrics_path,
+    metrics_from_confusion_matrix,
+    scores_from_confusion_matrix,
+)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +48,10 @@ def test_reproduces_evaluate_mean_iou_reference_values():
     assert results["mean_iou"] == pytest.approx(0.4775, abs=1e-12)
     assert results["mean_accuracy"] == pytest.approx(0.5916666666666666, abs=1e-12)
     assert results["overall_accuracy"] == pytest.approx(0.5263157894736842, abs=1e-12)
-    np.testing.assert_allclose(results["per_category_iou"], EVALUATE_PER_CATEGORY_IOU, atol=1e-12)
-    np.testing.assert_allclose(results["per_category_accuracy"], EVALUATE_PER_CATEGORY_ACCURACY, atol=1e-12)
+    scores = scores_from_confusion_matrix(metrics.confusion_matrix)
+    np.testing.assert_allclose(scores["per_category_iou"], EVALUATE_PER_CATEGORY_IOU, atol=1e-12)
+    np.testing.assert_allclose(scores["per_category_accuracy"], EVALUATE_PER_CATEGORY_ACCURACY, atol=1e-12)
+    assert results["iou_2"] == pytest.approx(0.375)
 
 
 def test_single_pair_and_the_same_pair_repeated_as_a_batch():
@@ -90,7 +98,8 @@ def _random_maps(seed: int, shape=(6, 40, 40), num_labels=7, absent_class=None):
 @pytest.mark.parametrize("absent_class", [None, 4])
 def test_matches_scikit_learn_on_random_inputs_with_an_ignore_index(absent_class):
     predictions, references = _random_maps(seed=7, absent_class=absent_class)
-    results = SegmentationMetrics(7, ignore_index=255).update(predictions, references).compute()
+    metrics = SegmentationMetrics(7, ignore_index=255).update(predictions, references)
+    results = scores_from_confusion_matrix(metrics.confusion_matrix)
 
     keep = references != 255
     y_true, y_pred = references[keep], predictions[keep]
@@ -189,11 +198,26 @@ def test_bad_inputs_are_clear_errors():
     assert int(metrics.confusion_matrix.sum()) == 0
 
 
-def test_log_dict_names_classes_and_skips_undefined_scores():
+def test_flat_metrics_name_classes_and_mark_undefined_scores_nan():
     metrics = SegmentationMetrics(3, id2label={0: "Tree", 1: "Shrub", 2: "Grass"})
     metrics.update(np.array([[0, 0, 1]]), np.array([[0, 1, 1]]))
-    logged = metrics.to_log_dict(prefix="eval/")
-    assert logged["eval/f1/Tree"] == pytest.approx(2 / 3)
-    assert logged["eval/iou/Shrub"] == pytest.approx(0.5)
-    assert "eval/f1/Grass" not in logged  # absent from references and predictions: undefined
-    assert logged["eval/overall_accuracy"] == pytest.approx(2 / 3)
+    results = metrics.compute()
+    assert results["f1_Tree"] == pytest.approx(2 / 3)
+    assert results["iou_Shrub"] == pytest.approx(0.5)
+    assert np.isnan(results["f1_Grass"])  # absent from references and predictions: undefined, out of the means
+    assert results["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert results["overall_accuracy"] == pytest.approx(2 / 3)
+    assert all(isinstance(value, float) for value in results.values())
+
+
+def test_per_sample_matrices_sum_to_the_streamed_matrix():
+    predictions, references = _random_maps(seed=2)
+    predictions = np.where(predictions == 200, 0, predictions)
+    per_sample = confusion_matrix_per_sample(torch.from_numpy(predictions), torch.from_numpy(references), 7)
+    assert per_sample.shape == (6, 7, 7)
+    streamed = SegmentationMetrics(7).update(predictions, references)
+    assert torch.equal(per_sample.sum(dim=0), streamed.confusion_matrix[:, :7])
+    assert torch.equal(per_sample[1], SegmentationMetrics(7).update(predictions[1], references[1]).confusion_matrix[:, :7])
+    assert metrics_from_confusion_matrix(per_sample.sum(dim=0)) == streamed.compute()
+    with pytest.raises(ValueError, match=r"class indices in \[0, 7\)"):
+        confusion_matrix_per_sample(torch.full((1, 2, 2), 9), torch.zeros(1, 2, 2, dtype=torch.long), 7)

@@ -11,6 +11,7 @@ import datasets
 import evaluate
 import numpy as np
 from lale_hf.metrics import SegmentationMetrics
+from lale_hf.metrics import scores_from_confusion_matrix
 
 
 _DESCRIPTION = """
@@ -63,4 +64,4 @@ class LandCoverMetrics(evaluate.Metric):
         metrics = SegmentationMetrics(num_labels=num_labels, ignore_index=ignore_index)
         for prediction, reference in zip(predictions, references):
             metrics.update(np.asarray(prediction, dtype=np.int64), np.asarray(reference, dtype=np.int64))
-        return metrics.compute()
+        return scores_from_confusion_matrix(metrics.confusion_matrix)
