@@ -1,0 +1,411 @@
+"""The ARAS400k converter on ARAS-format zips rebuilt from the real Sentinel-2 sample: round trips through
+`load_dataset` (normal and streaming) compared byte- and pixel-exact with the sources, and one test per bad input."""
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from lale_hf.aras400k import (
+    PUBLISHED_MD5,
+    Aras400kError,
+    _iter_zip_members,
+    convert_aras400k,
+    parse_patch_name,
+    write_md5_list,
+    write_split_zip,
+)
+from lale_hf.configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ROUND_TRIP_SIZES = {"train": 20, "val": 8}
+OUTPUT_SPLITS = {"train": "train", "val": "validation"}
+
+
+def real_pairs(s2glc: Path, split: str, count: int) -> list[tuple[str, bytes, bytes]]:
+    """The first `count` (name, image PNG, colour mask PNG) pairs of a split of the real sample."""
+    names = sorted(path.stem for path in (s2glc / split / "images").glob("*.png"))[:count]
+    return [
+        (name, (s2glc / split / "images" / f"{name}.png").read_bytes(), (s2glc / split / "masks" / f"{name}.png").read_bytes())
+        for name in names
+    ]
+
+
+def build_zips(folder: Path, s2glc: Path, prefix: str, compression=zipfile.ZIP_DEFLATED) -> Path:
+    """ARAS-format zips of the round-trip subset, members under `prefix` (with `{split}`), plus md5sums.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in ROUND_TRIP_SIZES.items():
+        write_split_zip(folder / f"{split}.zip", real_pairs(s2glc, split, count), prefix.format(split=split), compression)
+    write_md5_list(folder, [f"{split}.zip" for split in ROUND_TRIP_SIZES])
+    return folder
+
+
+def expected_label(mask_png: bytes) -> np.ndarray:
+    """Class indices of a colour mask, by direct comparison with each palette colour."""
+    colors = np.asarray(Image.open(io.BytesIO(mask_png)).convert("RGB"))
+    label = np.full(colors.shape[:2], 255, dtype=np.uint8)
+    for index, color in enumerate(ARAS400K_PALETTE):
+        label[(colors == color).all(axis=-1)] = index
+    assert (label != 255).all()
+    return label
+
+
+def assert_dataset_matches_source(dataset_dir: Path, s2glc: Path, streaming: bool):
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(dataset_dir), streaming=streaming)
+    assert set(dataset) == {OUTPUT_SPLITS[split] for split in ROUND_TRIP_SIZES}
+    for split, count in ROUND_TRIP_SIZES.items():
+        sources = {name: (image, mask) for name, image, mask in real_pairs(s2glc, split, count)}
+        rows = dataset[OUTPUT_SPLITS[split]].cast_column("image", ImageFeature(decode=False))
+        seen = []
+        for row in rows:
+            image_png, mask_png = sources[row["name"]]
+            assert row["image"]["bytes"] == image_png, row["name"]  # kept as published, no re-encoding
+            label = row["label"]
+            assert label.mode == "L" and label.size == (256, 256)
+            np.testing.assert_array_equal(np.asarray(label), expected_label(mask_png), err_msg=row["name"])
+            assert (row["tile"], row["patch_row"], row["patch_col"]) == (None, None, None)  # s2glc names
+            seen.append(row["name"])
+        assert seen == sorted(sources)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "num_proc", "compression"),
+    [("ARAS400k/{split}/", 2, zipfile.ZIP_DEFLATED), ("export v2/{split} patches/", 1, zipfile.ZIP_STORED)],
+)
+def test_real_zips_round_trip_through_load_dataset(s2glc_sample, tmp_path, prefix, num_proc, compression):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, prefix, compression)
+    output = tmp_path / "dataset"
+    report = convert_aras400k(zips, output, num_proc=num_proc)
+
+    assert {name: s.num_examples for name, s in report.splits.items()} == {"train": 20, "validation": 8}
+    assert report.splits["train"].md5_checked_against.endswith("md5sums.txt")
+    assert sorted(p.name for p in output.iterdir()) == ["README.md", "data", "id2label.json"]
+    assert not list(tmp_path.glob(".*")), "staging folder left behind"
+    assert_dataset_matches_source(output, s2glc_sample, streaming=False)
+    assert_dataset_matches_source(output, s2glc_sample, streaming=True)
+
+
+def test_dataset_card_and_class_names(s2glc_sample, tmp_path):
+    from datasets import load_dataset
+
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    output = tmp_path / "dataset"
+    convert_aras400k(zips, output)
+    card = (output / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata["license"] == "cc-by-4.0"
+    assert metadata["task_categories"] == ["image-segmentation"]
+    assert metadata["size_categories"] == ["n<1K"]
+    assert metadata["configs"][0]["data_files"] == [
+        {"split": "train", "path": "data/train-*.parquet"},
+        {"split": "validation", "path": "data/validation-*.parquet"},
+    ]
+    assert [s["num_examples"] for s in metadata["dataset_info"]["splits"]] == [20, 8]
+    assert "Grounding Synthetic Data Generation" in card and "2603.09625" in card
+    for name, color in zip(ARAS400K_LABELS, ARAS400K_PALETTE):
+        assert f"| {name} | ({color[0]}, {color[1]}, {color[2]}) |" in card
+    assert json.loads((output / "id2label.json").read_text()) == {str(i): n for i, n in enumerate(ARAS400K_LABELS)}
+    info = load_dataset(str(output), split="validation").info
+    assert all(name in info.description for name in ARAS400K_LABELS)
+    assert info.license == "cc-by-4.0" and "caglar" in info.citation.lower()
+
+
+def test_extracted_folders_convert_like_zips(s2glc_sample, tmp_path):
+    from datasets import load_dataset
+
+    extracted = tmp_path / "extracted" / "ARAS400k"
+    for split, count in ROUND_TRIP_SIZES.items():
+        for name, image_png, mask_png in real_pairs(s2glc_sample, split, count):
+            for kind, data in (("images", image_png), ("masks", mask_png)):
+                (extracted / split / kind).mkdir(parents=True, exist_ok=True)
+                (extracted / split / kind / f"{name}.png").write_bytes(data)
+    (extracted / "train" / "images" / ".DS_Store").write_bytes(b"\0")  # hidden files are never data
+    report = convert_aras400k(extracted.parent, tmp_path / "from-folders")
+    assert report.splits["train"].md5_checked_against == "no checksum (extracted folder)"
+    convert_aras400k(build_zips(tmp_path / "zips", s2glc_sample, ""), tmp_path / "from-zips")
+    for split in ("train", "validation"):
+        from_folders = load_dataset(str(tmp_path / "from-folders"), split=split).with_format("arrow")[:]
+        from_zips = load_dataset(str(tmp_path / "from-zips"), split=split).with_format("arrow")[:]
+        assert from_folders.equals(from_zips)
+
+
+def test_real_sample_folder_converts_as_is(s2glc_sample, tmp_path):
+    # The sample's own layout (train/, val/ beside raw-tif/ and PROVENANCE.md) is an extracted ARAS400k.
+    report = convert_aras400k(s2glc_sample, tmp_path / "dataset", splits=["validation"])
+    assert report.splits["validation"].num_examples == 60
+
+
+def test_parse_patch_name():
+    assert parse_patch_name("N45E010_003_004") == ("N45E010", 3, 4)
+    assert parse_patch_name("S05W120_140_000") == ("S05W120", 140, 0)
+    assert parse_patch_name("s2glc_00001") == (None, None, None)
+    assert parse_patch_name("N45E010_003") == (None, None, None)
+
+
+def test_published_checksums_are_the_authors():
+    assert PUBLISHED_MD5 == {
+        "train.zip": "95cd5caea68c813fd86888f9cd95b627",
+        "val.zip": "76e61fd7557d65ba0596e44c0f92b43f",
+        "test.zip": "01679231ee8e38701f5d3ab7de0b5719",
+        "synth.zip": "0dc95bfdda44a816ade0d7ea747e4f9c",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input: one test each; every failure names the file and leaves neither the output nor a staging folder.
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    buffer = io.BytesIO()
+    (image.convert(mode) if mode else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def val_pairs(s2glc_sample):
+    """Three real pairs to build broken zips from."""
+    return real_pairs(s2glc_sample, "val", 3)
+
+
+def write_members(path: Path, members: list[tuple[str, bytes]]):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+
+
+def pair_members(pairs, prefix="ARAS400k/val/") -> list[tuple[str, bytes]]:
+    members = []
+    for name, image_png, mask_png in pairs:
+        members += [(f"{prefix}images/{name}.png", image_png), (f"{prefix}masks/{name}.png", mask_png)]
+    return members
+
+
+def assert_fails_cleanly(tmp_path: Path, match: str, members=None, zip_name="val.zip", md5_list=True, **options):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir(exist_ok=True)
+    if members is not None:
+        write_members(inputs / zip_name, members)
+    if md5_list:
+        write_md5_list(inputs, [p.name for p in inputs.glob("*.zip")])
+    output = tmp_path / "out" / "dataset"
+    output.parent.mkdir(exist_ok=True)
+    with pytest.raises(Aras400kError, match=match) as error:
+        convert_aras400k(inputs, output, **options)
+    assert not output.exists()
+    assert list(output.parent.iterdir()) == [], "staging folder left behind"
+    return str(error.value)
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_truncated_png(tmp_path, val_pairs, num_proc):
+    name, image_png, mask_png = val_pairs[2]
+    broken = val_pairs[:2] + [(name, image_png[: len(image_png) // 2], mask_png)]
+    message = assert_fails_cleanly(tmp_path, "truncated or corrupt PNG", pair_members(broken), num_proc=num_proc)
+    assert f"val.zip:ARAS400k/val/images/{name}.png" in message
+
+
+def test_image_mask_size_mismatch(tmp_path, val_pairs):
+    name, image_png, mask_png = val_pairs[0]
+    small_mask = png_bytes(np.asarray(Image.open(io.BytesIO(mask_png)).convert("RGB"))[::2, ::2])
+    message = assert_fails_cleanly(
+        tmp_path, "is 128x128 but its image is 256x256", pair_members([(name, image_png, small_mask)] + val_pairs[1:])
+    )
+    assert f"masks/{name}.png" in message
+
+
+def unknown_colour_pairs(val_pairs):
+    name, image_png, mask_png = val_pairs[1]
+    colors = np.asarray(Image.open(io.BytesIO(mask_png)).convert("RGB")).copy()
+    colors[10:15, 20:25] = (1, 2, 3)
+    return [val_pairs[0], (name, image_png, png_bytes(colors)), val_pairs[2]], name
+
+
+def test_unknown_mask_colour(tmp_path, val_pairs):
+    pairs, name = unknown_colour_pairs(val_pairs)
+    message = assert_fails_cleanly(tmp_path, r"\(1, 2, 3\): 25 px", pair_members(pairs))
+    assert f"masks/{name}.png" in message and "--unknown_to_ignore" in message
+
+
+def test_unknown_mask_colour_mapped_to_ignore_with_the_flag(tmp_path, val_pairs):
+    from datasets import load_dataset
+
+    pairs, name = unknown_colour_pairs(val_pairs)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(pairs))
+    report = convert_aras400k(inputs, tmp_path / "dataset", verify_md5=False, unknown_to_ignore=True)
+    assert report.splits["validation"].unknown_pixels == 25
+    row = next(r for r in load_dataset(str(tmp_path / "dataset"), split="validation") if r["name"] == name)
+    label = np.asarray(row["label"])
+    assert (label[10:15, 20:25] == 255).all() and (label == 255).sum() == 25
+
+
+def test_missing_pair(tmp_path, val_pairs):
+    members = [m for m in pair_members(val_pairs) if m[0] != f"ARAS400k/val/masks/{val_pairs[1][0]}.png"]
+    message = assert_fails_cleanly(tmp_path, "1 image\\(s\\) without a mask", members)
+    assert repr(val_pairs[1][0]) in message and "--skip_unpaired" in message
+
+
+def test_duplicate_stem(tmp_path, val_pairs):
+    name, image_png, _ = val_pairs[0]
+    members = pair_members(val_pairs) + [(f"ARAS400k/val/images/extra/{name}.png", image_png)]
+    message = assert_fails_cleanly(tmp_path, "1 stem\\(s\\) present more than once", members)
+    assert repr(name) in message
+
+
+def test_unpaired_and_duplicated_stems_skipped_with_the_flag(tmp_path, val_pairs):
+    name, image_png, _ = val_pairs[0]
+    members = [m for m in pair_members(val_pairs) if m[0] != f"ARAS400k/val/masks/{val_pairs[1][0]}.png"]
+    members.append((f"ARAS400k/val/images/extra/{name}.png", image_png))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", members)
+    report = convert_aras400k(inputs, tmp_path / "dataset", verify_md5=False, skip_unpaired=True)
+    summary = report.splits["validation"]
+    assert (summary.num_examples, summary.skipped_unpaired, summary.skipped_duplicates) == (1, 1, 1)
+
+
+def test_non_png_member(tmp_path, val_pairs):
+    members = pair_members(val_pairs) + [("ARAS400k/val/images/notes.txt", b"not an image")]
+    assert_fails_cleanly(tmp_path, r"val.zip: 1 file\(s\) in images/ or masks/ are not PNG: 'ARAS400k/val/images/notes.txt'", members)
+
+
+def test_jpeg_bytes_named_png(tmp_path, val_pairs):
+    name, image_png, mask_png = val_pairs[0]
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(image_png)).save(jpeg, format="JPEG")
+    message = assert_fails_cleanly(tmp_path, "is not a PNG file", pair_members([(name, jpeg.getvalue(), mask_png)]))
+    assert f"images/{name}.png" in message
+
+
+def test_md5_mismatch(tmp_path, val_pairs):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(val_pairs))
+    (inputs / "md5sums.txt").write_text("0123456789abcdef0123456789abcdef  val.zip\n")
+    message = assert_fails_cleanly(tmp_path, "MD5 mismatch", md5_list=False)
+    assert "expected 0123456789abcdef0123456789abcdef" in message and str(inputs / "val.zip") in message
+    assert f"the file has {__import__('hashlib').md5((inputs / 'val.zip').read_bytes()).hexdigest()}" in message
+
+
+def test_published_checksum_applies_without_an_md5_list(tmp_path, val_pairs):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(val_pairs))
+    message = assert_fails_cleanly(tmp_path, "MD5 mismatch", md5_list=False)
+    assert f"expected {PUBLISHED_MD5['val.zip']} (from the published ARAS400k checksums)" in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit flip"])
+def test_corrupt_zip(tmp_path, val_pairs, damage):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(val_pairs))
+    data = bytearray((inputs / "val.zip").read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) - 200]
+        match = "no end-of-central-directory record"
+    else:
+        data[len(data) // 3] ^= 0xFF  # inside a member's compressed bytes
+        match = "(does not inflate|fails its size/CRC-32 check)"
+    (inputs / "val.zip").write_bytes(bytes(data))
+    message = assert_fails_cleanly(tmp_path, match, md5_list=False, verify_md5=False)
+    assert "val.zip" in message and "corrupt" in message
+
+
+@pytest.mark.parametrize("bad_name", ["ARAS400k/val/images/../../../evil.png", "/etc/images/evil.png"])
+def test_unsafe_member_path(tmp_path, val_pairs, bad_name):
+    members = pair_members(val_pairs) + [(bad_name, val_pairs[0][1])]
+    message = assert_fails_cleanly(tmp_path, "absolute or contain '..'", members)
+    assert repr(bad_name) in message
+
+
+def test_absurd_declared_size(tmp_path, val_pairs):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(val_pairs))
+    data = bytearray((inputs / "val.zip").read_bytes())
+    target = f"ARAS400k/val/masks/{val_pairs[0][0]}.png".encode()
+    entry = data.rindex(target) - 46  # the central-directory entry naming it
+    assert data[entry : entry + 4] == b"PK\x01\x02"
+    struct.pack_into("<L", data, entry + 24, 3_000_000_000)  # uncompressed size
+    (inputs / "val.zip").write_bytes(bytes(data))
+    message = assert_fails_cleanly(tmp_path, "declare an absurd size", md5_list=False, verify_md5=False)
+    assert "3000000000 bytes" in message
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_image_not_rgb(tmp_path, val_pairs, mode):
+    name, image_png, mask_png = val_pairs[0]
+    converted = png_bytes(np.asarray(Image.open(io.BytesIO(image_png))), mode)
+    kind = {"RGBA": "RGBA", "L": "grayscale"}[mode]
+    message = assert_fails_cleanly(tmp_path, rf"is a {kind} PNG \(8 bits per channel\); ARAS400k images must be 8-bit RGB",
+                                   pair_members([(name, converted, mask_png)]))
+    assert f"images/{name}.png" in message
+
+
+def test_empty_split(tmp_path, val_pairs):
+    members = pair_members(val_pairs) + [("ARAS400k/test/images/", b""), ("ARAS400k/test/masks/", b"")]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_members(inputs / "val.zip", pair_members(val_pairs))
+    write_members(inputs / "test.zip", members[-2:])
+    assert_fails_cleanly(tmp_path, "test.zip: empty split")
+
+
+def test_existing_output_needs_overwrite(s2glc_sample, tmp_path):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    output = tmp_path / "dataset"
+    output.mkdir()
+    (output / "old.txt").write_text("previous run")
+    with pytest.raises(Aras400kError, match="already exists; pass --overwrite"):
+        convert_aras400k(zips, output, splits=["validation"])
+    assert (output / "old.txt").is_file()
+    convert_aras400k(zips, output, splits=["validation"], overwrite=True)
+    assert not (output / "old.txt").exists() and (output / "README.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "zips"]
+
+
+def test_zip64_central_directory_is_read(tmp_path, val_pairs, monkeypatch):
+    # A tiny ZIP64 limit makes zipfile write ZIP64 extra fields and end records, as for the multi-GB ARAS zips.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1024)
+    write_split_zip(tmp_path / "val.zip", val_pairs, "ARAS400k/val/")
+    monkeypatch.undo()
+    with zipfile.ZipFile(tmp_path / "val.zip") as archive:
+        assert any(info.header_offset > 1024 for info in archive.infolist())
+        expected = [(info.filename, info.file_size) for info in archive.infolist()]
+    assert [(name, size) for name, size, _ in _iter_zip_members(tmp_path / "val.zip")] == expected
+    report = convert_aras400k(tmp_path, tmp_path / "dataset", verify_md5=False)
+    assert report.splits["validation"].num_examples == 3
+
+
+def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    script = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py")]
+    failed = subprocess.run([*script, "--input_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and "is not a folder" in failed.stderr
+    done = subprocess.run(
+        [*script, "--input_dir", str(zips), "--output_dir", str(tmp_path / "out"), "--num_proc", "2",
+         "--report_json", str(tmp_path / "report.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "28 pairs in" in done.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["splits"]["validation"]["num_examples"] == 8
