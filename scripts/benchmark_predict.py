@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Large-scene prediction benchmark: throughput of the PyTorch and ONNX Runtime paths, and peak memory versus scene size.
+
+Scenes are georeferenced 16-bit 4-band (B, G, R, NIR) GeoTIFF mosaics of the real raw patches in
+s2glc-sample/raw-tif (each placed with a random flip/rotation), predicted with --bands 3,2,1 and the default scaling
+(a first streaming pass, then tiles of 256 with 25% overlap). The model is a randomly initialised LALE-tiny: speed does
+not depend on the weights. Throughput runs in this process, one backend after the other on the same scene; peak
+memory is the max RSS of `scripts/predict.py` run as a child process per scene size.
+
+Examples:
+  python scripts/benchmark_predict.py                      # throughput on 4096x4096, memory at 2048 and 8192
+  python scripts/benchmark_predict.py --throughput-size 10980 --memory-sizes
+  python scripts/benchmark_predict.py --model-figures      # params, GMACs, safetensors size of the presets
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf.inference import model_figures, predict_file
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "s2glc-sample"))
+    parser.add_argument("--throughput-size", type=int, default=4096, help="Side of the throughput scene (0: skip).")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[2048, 8192], help="Scene sides for peak RSS.")
+    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnxruntime"], choices=["pytorch", "onnxruntime"])
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--work-dir", help="Where scenes and models go (default: a temporary folder, removed).")
+    parser.add_argument("--json", help="Also write the results here.")
+    parser.add_argument("--model-figures", action="store_true", help="Only print params, GMACs, size of the presets.")
+    return parser.parse_args()
+
+
+def write_mosaic(path: Path, size: int, raw_dir: Path, seed: int = 0):
+    """A size x size uint16 4-band GeoTIFF (UTM 33N, 10 m) of real raw patches, written block row by block row."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    patches = []
+    for tif in sorted(raw_dir.glob("*.tif")):
+        with rasterio.open(tif) as dataset:
+            patches.append(dataset.read())
+    rng = np.random.default_rng(seed)
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32633",
+        transform=from_origin(500000.0, 5200000.0, 10.0, 10.0), tiled=True, blockxsize=256, blockysize=256,
+        compress="deflate",
+    )
+    with rasterio.open(path, "w", **profile) as dataset:
+        for row in tqdm(range(0, size, 256), desc=f"mosaic {size}", unit="row"):
+            height = min(256, size - row)
+            strip = np.empty((4, height, size), dtype=np.uint16)
+            for col in range(0, size, 256):
+                patch = np.rot90(patches[rng.integers(len(patches))], k=int(rng.integers(4)), axes=(1, 2))
+                width = min(256, size - col)
+                strip[:, :, col : col + width] = patch[:, :height, :width]
+            dataset.write(strip, window=Window(0, row, size, height))
+
+
+def peak_rss_of(command: list[str]) -> tuple[float, float]:
+    """Runs `command`; returns its peak RSS in MiB (from wait4) and its wall time."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, wall
+
+
+def main():
+    args = parse_args()
+
+    if args.model_figures:
+        print("| preset | parameters | GMACs (1x3x256x256) | model.safetensors |")
+        print("|---|---|---|---|")
+        for preset in ("lale-tiny", "lale-small", "lale-base"):
+            torch.manual_seed(0)
+            figures = model_figures(LaleForSemanticSegmentation(LaleConfig.from_preset(preset)))
+            print(
+                f"| {preset} | {figures['parameters']:,} | {figures['gmacs']:.3f} | "
+                f"{figures['safetensors_bytes'] / 1e6:.2f} MB |"
+            )
+        return
+
+    from lale_hf.onnx_export import export_onnx
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lale-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    raw_dir = Path(args.data) / "raw-tif"
+    environment = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc",
+        "torch": torch.__version__,
+    }
+    print(f"environment: {environment}")
+
+    # One randomly initialised LALE-tiny, as a checkpoint folder and as ONNX.
+    torch.manual_seed(0)
+    model = LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny")).eval()
+    checkpoint = work / "lale-tiny"
+    model.save_pretrained(checkpoint)
+    LaleImageProcessor().save_pretrained(checkpoint)
+    onnx_path = work / "lale-tiny.onnx"
+    if "onnxruntime" in args.backends and not onnx_path.exists():
+        export_onnx(model, onnx_path)
+    models = {"pytorch": str(checkpoint), "onnxruntime": str(onnx_path)}
+    settings = dict(bands="3,2,1", tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size)
+
+    results = {"environment": environment, "settings": settings, "throughput": [], "memory": []}
+    scenes = {}
+    for size in sorted({args.throughput_size, *args.memory_sizes} - {0}):
+        scenes[size] = work / f"mosaic_{size}.tif"
+        if not scenes[size].exists():
+            write_mosaic(scenes[size], size, raw_dir)
+
+    # Throughput: end to end (scaling pass, tiles, blending, GeoTIFF/preview/statistics writing).
+    if args.throughput_size:
+        size = args.throughput_size
+        warmup = work / "mosaic_512.tif"
+        if not warmup.exists():
+            write_mosaic(warmup, 512, raw_dir)
+        for backend in args.backends:
+            predict_file(warmup, models[backend], work / "out-warmup", overwrite=True, progress=False, **settings)
+            start = time.perf_counter()
+            stats = predict_file(scenes[size], models[backend], work / f"out-{backend}", overwrite=True, **settings)
+            seconds = time.perf_counter() - start
+            row = {
+                "backend": backend,
+                "scene": f"{size}x{size}",
+                "tiles": stats["prediction"]["num_tiles"],
+                "seconds": seconds,
+                "mpx_per_s": size * size / seconds / 1e6,
+                "seconds_for_10980x10980": 10980 * 10980 / (size * size / seconds),
+            }
+            results["throughput"].append(row)
+        baseline = results["throughput"][0]["mpx_per_s"]
+        print(f"\nThroughput, LALE-tiny fp32, {args.tile_size} tiles, {args.overlap:.0%} overlap, batch {args.batch_size}")
+        print("| backend | scene | tiles | seconds | Mpx/s | vs first | est. 10980x10980 |")
+        print("|---|---|---|---|---|---|---|")
+        for row in results["throughput"]:
+            print(
+                f"| {row['backend']} | {row['scene']} | {row['tiles']} | {row['seconds']:.1f} | {row['mpx_per_s']:.2f} "
+                f"| {row['mpx_per_s'] / baseline:.2f}x | {row['seconds_for_10980x10980']:.0f} s |"
+            )
+
+    # Peak memory: a fresh `predict.py` process per backend and scene size.
+    for backend in args.backends if args.memory_sizes else []:
+        for size in sorted(args.memory_sizes):
+            command = [
+                sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", models[backend],
+                "--output-dir", str(work / f"mem-{backend}-{size}"), "--bands", "3,2,1", "--overwrite", "--no-progress",
+                "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+                str(scenes[size]),
+            ]
+            rss, seconds = peak_rss_of(command)
+            results["memory"].append({"backend": backend, "scene": size, "peak_rss_mib": rss, "seconds": seconds})
+    if results["memory"]:
+        # What grows with the scene width: the 1/4-resolution blend buffer (7 classes + weight, one tile high),
+        # the kept logit rows and one output strip. Nothing grows with the scene area.
+        print("\nPeak RSS of scripts/predict.py (child process, wait4 ru_maxrss)")
+        print("| backend | scene | peak RSS MiB | vs smallest | seconds |")
+        print("|---|---|---|---|---|")
+        for row in results["memory"]:
+            smallest = min(r["peak_rss_mib"] for r in results["memory"] if r["backend"] == row["backend"])
+            print(
+                f"| {row['backend']} | {row['scene']}x{row['scene']} | {row['peak_rss_mib']:.0f} | "
+                f"{row['peak_rss_mib'] / smallest:.3f}x | {row['seconds']:.1f} |"
+            )
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+    if not args.work_dir:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

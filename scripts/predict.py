@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Land-cover maps from a LALE checkpoint (Hub id or folder) or an ONNX file, for images and rasters of any size.
+
+For each input, writes to --output-dir:
+  <name>_classes.tif   class indexes, CRS/transform kept, colour table (georeferenced input), or
+  <name>_classes.png   class indexes (other input)
+  <name>_color.png     colourised preview with a legend (at most --preview-size pixels on its long side)
+  <name>_stats.json    per-class pixels, percent and km² (georeferenced), plus every setting used
+  <name>_stats.csv     the same table as CSV
+
+Examples:
+  python scripts/predict.py --model org/lale-tiny --output-dir out patch.png
+  python scripts/predict.py --model lale-tiny.onnx --output-dir out --bands 3,2,1 S2_scene_BGRN.tif
+  python scripts/predict.py --model ./checkpoint --output-dir out --scaling 0.085 --bands 3,2,1 scenes/
+
+Scaling (--scaling) turns raw values into the 8-bit RGB the model was trained on (ARAS400k: each 256x256 patch
+divided by its own maximum). "auto" uses 8-bit input as is and, for anything else, "patch_max_median": one divisor
+for the whole scene, the median over its 256x256 blocks of each block's maximum, found in a first streaming pass.
+On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one brightness across tiles, so no seams.
+"tile_max" divides each tile by its own maximum, "scene_max" by the scene maximum; a number is a fixed gain.
+GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX models onnxruntime (pip install 'lale-hf[onnx]').
+"""
+
+import argparse
+
+from lale_hf.inference import SCALING_METHODS, predict_paths
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="Image files, rasters (GeoTIFF...) or folders of them.")
+    parser.add_argument("--model", required=True, help="Hub id, local checkpoint folder, or .onnx file.")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--bands", help="1-based bands to use as R,G,B, e.g. 3,2,1 for B,G,R,NIR stacks (default: RGB).")
+    parser.add_argument(
+        "--scaling", default="auto", help=f"One of {', '.join(SCALING_METHODS)}, or a fixed gain (default: auto)."
+    )
+    parser.add_argument("--tile-size", type=int, default=256, help="Sliding-window size in pixels (multiple of 32).")
+    parser.add_argument("--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile.")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--preview-size", type=int, default=2048, help="Longest side of the colourised preview.")
+    parser.add_argument("--num-threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser, parser.parse_args()
+
+
+def main():
+    parser, args = parse_args()
+    try:
+        results = predict_paths(
+            args.inputs,
+            args.model,
+            args.output_dir,
+            bands=args.bands,
+            scaling=args.scaling,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            preview_size=args.preview_size,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            trust_remote_code=args.trust_remote_code,
+            num_threads=args.num_threads,
+        )
+    except (OSError, ValueError, ImportError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+    for result in results:
+        top = sorted(result["classes"], key=lambda item: -item["pixels"])[:3]
+        shares = ", ".join(f"{item['label']} {item['percent']:.1f}%" for item in top)
+        print(f"{result['prediction']['input']}: {shares} -> {result['outputs']['classes']}")
+
+
+if __name__ == "__main__":
+    main()

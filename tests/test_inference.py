@@ -1,0 +1,416 @@
+"""Large-scene prediction: tiling equals plain inference, streaming equals the whole-scene blend, no seams, real
+16-bit and georeferenced inputs through scripts/predict.py, area statistics, and clear errors on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from lale_hf import ARAS400K_PALETTE, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf.inference import (
+    AreaStatistics,
+    ImageSource,
+    TorchPredictor,
+    blend_weights,
+    check_scaling,
+    load_predictor,
+    plan_tiles,
+    predict_file,
+    predict_image,
+    predict_paths,
+    resolve_scaling,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREDICT = REPO_ROOT / "scripts" / "predict.py"
+UTM_TRANSFORM = from_origin(500000.0, 5200000.0, 10.0, 10.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    # A larger initialiser than the default makes a random model's predictions vary in space, which the seam
+    # test needs; weights do not matter for anything else here.
+    torch.manual_seed(0)
+    return LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny", initializer_range=0.05)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lale-tiny")
+    tiny_model.save_pretrained(folder)
+    LaleImageProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model):
+    return TorchPredictor(tiny_model, LaleImageProcessor())
+
+
+def real_mosaic(s2glc_sample: Path, height: int = 600, width: int = 700) -> np.ndarray:
+    """An RGB uint8 scene of real 256x256 patches side by side."""
+    files = sorted((s2glc_sample / "train" / "images").glob("*.png"))
+    rows = -(-height // 256)
+    cols = -(-width // 256)
+    grid = [[np.array(Image.open(files[r * cols + c]).convert("RGB")) for c in range(cols)] for r in range(rows)]
+    return np.concatenate([np.concatenate(row, axis=1) for row in grid], axis=0)[:height, :width]
+
+
+def raw_mosaic(s2glc_sample: Path, height: int = 600, width: int = 700) -> np.ndarray:
+    """A (4, H, W) uint16 B, G, R, NIR scene of the real raw patches."""
+    patches = []
+    for tif in sorted((s2glc_sample / "raw-tif").glob("*.tif")):
+        with rasterio.open(tif) as dataset:
+            patches.append(dataset.read())
+    rows, cols = -(-height // 256), -(-width // 256)
+    grid = [[patches[(r * cols + c) % len(patches)] for c in range(cols)] for r in range(rows)]
+    return np.concatenate([np.concatenate(row, axis=2) for row in grid], axis=1)[:, :height, :width]
+
+
+def write_geotiff(path: Path, data: np.ndarray, crs="EPSG:32633", transform=UTM_TRANSFORM, nodata=None, **extra):
+    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=data.dtype,
+                   crs=crs, transform=transform, nodata=nodata, **extra)
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(data)
+    return path
+
+
+def run_predict(env, *args, cwd=None):
+    return subprocess.run(
+        [sys.executable, str(PREDICT), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiling
+
+
+@pytest.mark.parametrize("size", [(256, 256), (250, 130), (64, 200)])
+def test_one_tile_equals_plain_whole_image_inference(s2glc_sample, tiny_model, predictor, size):
+    image = np.array(Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB"))[: size[0], : size[1]]
+    processor = LaleImageProcessor()
+    pixel_values = processor(image, do_resize=False, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        outputs = tiny_model(pixel_values=pixel_values)
+    plain = processor.post_process_semantic_segmentation(outputs, target_sizes=[size])[0].numpy()
+
+    tiled = predict_image(image, predictor)
+
+    assert tiled.shape == size and tiled.dtype == np.uint8
+    np.testing.assert_array_equal(tiled, plain)
+    assert len(np.unique(plain)) > 1  # a constant map would make the comparison vacuous
+
+
+def test_single_patch_matches_the_default_processor_pipeline(s2glc_sample, tiny_model, predictor):
+    image = Image.open(s2glc_sample / "val" / "images" / "s2glc_00250.png").convert("RGB")
+    processor = LaleImageProcessor()
+    with torch.inference_mode():
+        outputs = tiny_model(**processor(image, return_tensors="pt"))
+    plain = processor.post_process_semantic_segmentation(outputs, target_sizes=[(256, 256)])[0].numpy()
+    np.testing.assert_array_equal(predict_image(image, predictor), plain)
+
+
+def naive_blend(image: np.ndarray, predictor, tile_size: int, overlap: float) -> np.ndarray:
+    """The blend held whole in memory: every tile's weighted logits summed into one scene-size buffer, normalised,
+    upsampled once. The streaming implementation must give exactly this."""
+    grid = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap)
+    padded = np.pad(image, ((0, grid.padded_height - image.shape[0]), (0, grid.padded_width - image.shape[1]), (0, 0)), mode="edge")
+    cells = (grid.padded_height // 4, grid.padded_width // 4)
+    total = torch.zeros(len(predictor.id2label), *cells)
+    weight = torch.zeros(cells)
+    for y in grid.ys:
+        for x in grid.xs:
+            tile = padded[y : y + grid.tile_height, x : x + grid.tile_width]
+            logits = predictor(predictor.normalize(tile)[None])[0]
+            w = torch.from_numpy(blend_weights(y, grid.tile_height, grid.padded_height, grid.overlap))[:, None] * \
+                torch.from_numpy(blend_weights(x, grid.tile_width, grid.padded_width, grid.overlap))[None, :]
+            total[:, y // 4 : (y + grid.tile_height) // 4, x // 4 : (x + grid.tile_width) // 4] += logits * w
+            weight[y // 4 : (y + grid.tile_height) // 4, x // 4 : (x + grid.tile_width) // 4] += w
+    upsampled = torch.nn.functional.interpolate(
+        (total / weight)[None], size=(grid.padded_height, grid.padded_width), mode="bilinear", align_corners=False
+    )[0]
+    return upsampled.argmax(dim=0)[: image.shape[0], : image.shape[1]].numpy().astype(np.uint8)
+
+
+@pytest.mark.parametrize("size, tile_size, overlap", [((600, 700), 256, 0.25), ((301, 515), 128, 0.5), ((150, 603), 128, 0.25)])
+def test_streaming_equals_the_whole_scene_blend(s2glc_sample, predictor, size, tile_size, overlap):
+    image = real_mosaic(s2glc_sample, *size)
+    streamed = predict_image(image, predictor, tile_size=tile_size, overlap=overlap, batch_size=3)
+    np.testing.assert_array_equal(streamed, naive_blend(image, predictor, tile_size, overlap))
+
+
+def test_tiles_cover_the_scene_on_the_logit_grid():
+    grid = plan_tiles(601, 10980, 256, 0.25)
+    assert (grid.padded_height, grid.padded_width) == (604, 10980)
+    assert grid.ys == (0, 192, 348) and grid.xs[-1] == 10980 - 256
+    assert all(start % 4 == 0 for start in grid.ys + grid.xs)
+    assert all(b - a <= 192 for a, b in zip(grid.xs, grid.xs[1:]))
+    # Neighbouring ramps cross-fade: they sum to one over an overlap of exactly 64 pixels.
+    left, right = blend_weights(0, 256, 1000, 64), blend_weights(192, 256, 1000, 64)
+    np.testing.assert_allclose(left[-16:] + right[:16], 1.0, rtol=1e-6)
+    assert left[0] == 1.0 and right[-1] < 0.1
+    assert plan_tiles(200, 256).single and not plan_tiles(200, 257).single
+
+
+def border_change_rates(labels: np.ndarray, grid) -> tuple[float, float]:
+    """How often neighbouring pixels differ across tile edges, and across every other pixel line."""
+    def edges(starts, tile, length):
+        return sorted({s for s in starts if s > 0} | {s + tile for s in starts if s + tile < length})
+
+    across_columns = (labels[:, 1:] != labels[:, :-1]).mean(axis=0)  # index i: between columns i and i + 1
+    across_rows = (labels[1:] != labels[:-1]).mean(axis=1)
+    edge_columns = [x - 1 for x in edges(grid.xs, grid.tile_width, labels.shape[1])]
+    edge_rows = [y - 1 for y in edges(grid.ys, grid.tile_height, labels.shape[0])]
+    at_edges = np.concatenate([across_columns[edge_columns], across_rows[edge_rows]])
+    interior = np.concatenate([np.delete(across_columns, edge_columns), np.delete(across_rows, edge_rows)])
+    return float(at_edges.mean()), float(interior.mean())
+
+
+def test_large_scene_shows_no_seams(s2glc_sample, predictor):
+    image = real_mosaic(s2glc_sample, 600, 700)
+    blended = predict_image(image, predictor, overlap=0.25)
+    at_edges, interior = border_change_rates(blended, plan_tiles(600, 700, 256, 0.25))
+    assert interior > 0.005  # the map has structure
+    assert at_edges <= 1.25 * interior, (at_edges, interior)
+
+    # Control: the same measure flags hard-stitched tiles (no overlap), so it can see a seam.
+    stitched = predict_image(image, predictor, overlap=0.0)
+    at_edges, interior = border_change_rates(stitched, plan_tiles(600, 700, 256, 0.0))
+    assert at_edges >= 3 * interior, (at_edges, interior)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scaling
+
+
+def test_scaling_choices(s2glc_sample):
+    with rasterio.open(s2glc_sample / "raw-tif" / "s2glc_00017.tif") as dataset:
+        raw = np.moveaxis(dataset.read(), 0, -1)
+    source = ImageSource(raw, name="s2glc_00017.tif")
+    rgb = raw[..., [2, 1, 0]]
+    expected = np.array(Image.open(s2glc_sample / "train" / "images" / "s2glc_00017.png").convert("RGB"))
+
+    patch = resolve_scaling(source, (3, 2, 1), "auto")
+    assert patch.method == "patch_max_median" and patch.peak == float(rgb.max())
+    np.testing.assert_array_equal(patch.apply(rgb), expected)  # the ARAS400k per-patch scaling, exactly
+    np.testing.assert_array_equal(resolve_scaling(source, (3, 2, 1), "tile_max").apply(rgb), expected)
+    assert resolve_scaling(source, (3, 2, 1), "scene_max").peak == float(rgb.max())
+    gain = resolve_scaling(source, (3, 2, 1), 0.085)
+    np.testing.assert_array_equal(gain.apply(rgb), np.clip(rgb * np.float32(0.085), 0, 255).astype(np.uint8))
+    assert gain.to_dict()["gain"] == 0.085
+
+    assert check_scaling(ImageSource(expected), "auto") == "none"
+    with pytest.raises(ValueError, match="needs 8-bit input, got uint16"):
+        check_scaling(source, "none")
+    for bad in ("per_pixel", -1, "0"):
+        with pytest.raises(ValueError, match="--scaling"):
+            check_scaling(source, bad)
+
+
+def test_scene_scaling_ignores_blocks_of_nodata_and_a_bright_outlier():
+    scene = np.full((512, 768, 3), 1000, dtype=np.uint16)
+    scene[:256, :256] = 0  # an empty block
+    scene[300, 300] = 9000  # one bright pixel (a cloud) in one block
+    scaling = resolve_scaling(ImageSource(scene), (1, 2, 3), "patch_max_median")
+    assert scaling.peak == 1000.0
+    assert resolve_scaling(ImageSource(scene), (1, 2, 3), "scene_max").peak == 9000.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real rasters through scripts/predict.py
+
+
+def test_real_16bit_4band_patch_through_predict_script(s2glc_sample, tiny_checkpoint, predictor, tmp_path, clean_env):
+    raw = s2glc_sample / "raw-tif" / "s2glc_00042.tif"
+    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output-dir", tmp_path / "out", "--bands", "3,2,1", raw)
+    assert result.returncode == 0, result.stderr
+
+    out = tmp_path / "out"
+    assert files_in(out) == ["s2glc_00042_classes.png", "s2glc_00042_color.png", "s2glc_00042_stats.csv", "s2glc_00042_stats.json"]
+    classes = Image.open(out / "s2glc_00042_classes.png")
+    # The raw patch scaled by the default is exactly the ARAS-style PNG, so the maps agree pixel for pixel.
+    png = np.array(Image.open(s2glc_sample / "train" / "images" / "s2glc_00042.png").convert("RGB"))
+    np.testing.assert_array_equal(np.array(classes), predict_image(png, predictor))
+    recorded = json.loads(classes.text["lale_prediction"])
+    stats = json.loads((out / "s2glc_00042_stats.json").read_text())
+    assert recorded == stats["prediction"]
+    assert recorded["bands"] == [3, 2, 1] and recorded["input_dtype"] == "uint16"
+    assert recorded["scaling"]["method"] == "patch_max_median" and recorded["scaling"]["peak"] > 255
+    assert stats["total_km2"] is None and stats["area_note"].startswith("not georeferenced")
+    assert sum(item["pixels"] for item in stats["classes"]) == 256 * 256
+    color = Image.open(out / "s2glc_00042_color.png")
+    assert color.height >= 256 and color.width > 256  # the map and a legend beside it
+
+
+def test_georeferenced_mosaic_through_predict_script(s2glc_sample, tiny_checkpoint, predictor, tmp_path, clean_env):
+    data = raw_mosaic(s2glc_sample, 600, 700)
+    data[:, :40, :] = 0  # a no-data margin, as at the edge of a Sentinel-2 swath
+    scene = write_geotiff(tmp_path / "scene.tif", data, nodata=0, tiled=True, blockxsize=256, blockysize=256)
+
+    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output-dir", tmp_path / "out", "--bands", "3,2,1", scene)
+    assert result.returncode == 0, result.stderr
+
+    out = tmp_path / "out"
+    assert files_in(out) == ["scene_classes.tif", "scene_color.png", "scene_stats.csv", "scene_stats.json"]
+    with rasterio.open(out / "scene_classes.tif") as classes, rasterio.open(scene) as source:
+        assert classes.crs == source.crs and classes.transform == source.transform
+        assert (classes.height, classes.width, classes.count, classes.dtypes[0]) == (600, 700, 1, "uint8")
+        assert classes.nodata == 255
+        colormap = classes.colormap(1)
+        assert [colormap[index][:3] for index in range(7)] == [tuple(color) for color in ARAS400K_PALETTE]
+        assert json.loads(classes.tags()["LALE_PREDICTION"])["scaling"]["method"] == "patch_max_median"
+        labels = classes.read(1)
+    assert (labels[:40] == 255).all() and (labels[40:] != 255).all()
+    in_memory = predict_image(np.moveaxis(data, 0, -1), predictor, bands=(3, 2, 1))
+    np.testing.assert_array_equal(labels[40:], in_memory[40:])
+
+    stats = json.loads((out / "scene_stats.json").read_text())
+    assert stats["pixel_area_m2"] == 100.0
+    assert sum(item["pixels"] for item in stats["classes"]) == 600 * 700
+    assert stats["total_km2"] == pytest.approx(600 * 700 * 100 / 1e6)  # 42 km²
+    assert sum(item["km2"] for item in stats["classes"]) == pytest.approx(42.0)
+    assert sum(item["percent"] for item in stats["classes"]) == pytest.approx(100.0)
+    nodata = [item for item in stats["classes"] if item["id"] == 255]
+    assert nodata == [{"id": 255, "label": "no data", "pixels": 40 * 700, "percent": pytest.approx(40 / 6), "km2": pytest.approx(2.8)}]
+    counts = np.bincount(labels.ravel(), minlength=256)
+    assert [item["pixels"] for item in stats["classes"]] == [int(counts[item["id"]]) for item in stats["classes"]]
+    csv_rows = (out / "scene_stats.csv").read_text().splitlines()
+    assert csv_rows[0] == "class_id,label,pixels,percent,km2" and len(csv_rows) == 1 + len(stats["classes"])
+
+
+def test_area_statistics_in_geographic_coordinates():
+    # One degree of latitude from the equator, 0.5 degrees wide: a sphere gives R² * dλ * (sin 1° - sin 0°).
+    transform = from_origin(10.0, 1.0, 0.005, 0.01)
+    statistics = AreaStatistics({0: "a", 1: "b"}, 100, 100, rasterio.crs.CRS.from_epsg(4326), transform)
+    labels = np.zeros((100, 100), dtype=np.uint8)
+    labels[:, 50:] = 1
+    statistics.update(0, labels[:60])
+    statistics.update(60, labels[60:])
+    stats = statistics.to_dict()
+    expected_km2 = 6371007.2**2 * np.radians(0.5) * np.sin(np.radians(1.0)) / 1e6
+    assert stats["total_km2"] == pytest.approx(expected_km2, rel=1e-9)
+    assert [item["km2"] for item in stats["classes"]] == pytest.approx([expected_km2 / 2] * 2, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input: clear errors, no partial outputs
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(s2glc_sample, tiny_checkpoint, predictor, tmp_path):
+    good = s2glc_sample / "val" / "images" / "s2glc_00260.png"
+    garbage_png = tmp_path / "garbage.png"
+    garbage_png.write_bytes(b"this is not an image" * 10)
+    garbage_tif = tmp_path / "garbage.tif"
+    garbage_tif.write_bytes(b"II*\x00 not a tiff at all" * 10)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    two_bands = write_geotiff(tmp_path / "two_bands.tif", np.ones((2, 64, 64), dtype=np.uint16))
+    out = tmp_path / "out"
+
+    cases = [
+        ([good, garbage_png], {}, ValueError, r"garbage\.png: cannot read it as an image"),
+        ([garbage_tif], {}, ValueError, r"garbage\.tif: cannot read it as a raster"),
+        ([good, empty], {}, ValueError, r"empty\.png: the file is empty \(0 bytes\)"),
+        ([two_bands], {"bands": "3,2,1"}, ValueError, r"two_bands\.tif: has 2 band\(s\), but --bands asks for band 3"),
+        ([two_bands], {}, ValueError, r"two_bands\.tif: has 2 bands and no red/green/blue .* e\.g\. --bands 3,2,1"),
+        ([tmp_path / "missing.png"], {}, FileNotFoundError, r"missing\.png: no such file"),
+        ([good], {"bands": "1,2"}, ValueError, r"expected three band numbers"),
+        ([good], {"tile_size": 100}, ValueError, r"--tile-size 100"),
+        ([good], {"overlap": 0.9}, ValueError, r"--overlap 0.9"),
+    ]
+    for inputs, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            predict_paths(inputs, predictor, out, progress=False, **kwargs)
+        assert files_in(out) == [], (inputs, kwargs)
+
+    with pytest.raises(ValueError, match="zero size"):
+        predict_image(np.zeros((0, 5, 3), dtype=np.uint8), predictor)
+
+
+@pytest.mark.parametrize(
+    "model, error, message",
+    [
+        ("./no/such/checkpoint", FileNotFoundError, r"--model \./no/such/checkpoint: no such folder or \.onnx file"),
+        ("missing.onnx", FileNotFoundError, r"--model missing\.onnx: no such ONNX file"),
+        ("org/not-cached", ValueError, r"--model org/not-cached: no such local folder or \.onnx file, and the Hub id"),
+    ],
+)
+def test_wrong_model_reference_is_a_clear_error(model, error, message):
+    with pytest.raises(error, match=message):
+        load_predictor(model)
+
+
+def test_folder_without_checkpoint_and_non_onnx_file_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="holds no config.json"):
+        load_predictor(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0")
+    with pytest.raises(ValueError, match="a file that is not an .onnx model"):
+        load_predictor(weights)
+
+
+def test_a_read_failure_midway_leaves_no_partial_outputs(s2glc_sample, predictor, tmp_path):
+    data = raw_mosaic(s2glc_sample, 512, 512)
+    scene = write_geotiff(tmp_path / "cut.tif", data, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    size = scene.stat().st_size
+    with open(scene, "r+b") as handle:  # damage the compressed blocks of the lower right quarter
+        handle.seek(int(size * 0.6))
+        handle.write(b"\xff" * int(size * 0.2))
+    out = tmp_path / "out"
+    # tile_max needs no first pass, so the damaged block is met only after the class raster has been started.
+    with pytest.raises(ValueError, match=r"cut\.tif: cannot read rows"):
+        predict_file(scene, predictor, out, bands=(3, 2, 1), scaling="tile_max", progress=False)
+    assert files_in(out) == []
+
+
+def test_cli_errors_exit_2_naming_the_problem(s2glc_sample, tiny_checkpoint, tmp_path, clean_env):
+    out = tmp_path / "out"
+    result = run_predict(clean_env, "--model", tmp_path / "nowhere", "--output-dir", out, s2glc_sample / "val" / "images")
+    assert result.returncode == 2
+    assert f"--model {tmp_path / 'nowhere'}: no such folder" in result.stderr and "Traceback" not in result.stderr
+
+    two_bands = write_geotiff(tmp_path / "two.tif", np.ones((2, 32, 32), dtype=np.uint16))
+    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output-dir", out, "--bands", "3,2,1", two_bands)
+    assert result.returncode == 2 and "two.tif: has 2 band(s)" in result.stderr and "Traceback" not in result.stderr
+    assert files_in(out) == []
+
+
+def test_missing_optional_extras_are_named(s2glc_sample, clean_env, tmp_path):
+    # Block the optional packages the way an install without the extras lacks them.
+    code = (
+        "import sys; sys.modules['rasterio'] = None; sys.modules['onnxruntime'] = None\n"
+        "from lale_hf.inference import open_source, load_predictor\n"
+        "for call in (lambda: open_source(sys.argv[1]), lambda: load_predictor(sys.argv[2])):\n"
+        "    try:\n        call()\n    except ImportError as error:\n        print(error)\n"
+    )
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(s2glc_sample / "raw-tif" / "s2glc_00003.tif"), str(model)],
+        env=clean_env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'lale-hf[geo]'" in result.stdout and "pip install 'lale-hf[onnx]'" in result.stdout
+
+
+def test_existing_outputs_need_overwrite(s2glc_sample, predictor, tmp_path):
+    patch = s2glc_sample / "val" / "images" / "s2glc_00270.png"
+    first = predict_file(patch, predictor, tmp_path, progress=False)
+    before = Path(first["outputs"]["stats_json"]).read_text()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        predict_file(patch, predictor, tmp_path, progress=False)
+    predict_file(patch, predictor, tmp_path, progress=False, overwrite=True, overlap=0.0)
+    assert Path(first["outputs"]["stats_json"]).read_text() != before
+    assert not list(tmp_path.glob(".*partial"))
