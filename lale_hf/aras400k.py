@@ -17,10 +17,12 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import re
 import shutil
 import struct
 import time
+import traceback
 import uuid
 import zipfile
 import zlib
@@ -575,22 +577,38 @@ def mask_bytes_to_label_png(
     return buffer.getvalue(), int(np.count_nonzero(label == IGNORE_INDEX))
 
 
-# Where finished rows are reported: a shared counter in pool workers, the progress bar when run in-process.
+# Where finished rows are reported: a shared counter in worker processes, the progress bar when run in-process.
 _progress_callback: Callable[[int], None] | None = None
 
 
-def _init_worker(counter):
+def _report_progress(count: int):
+    if _progress_callback is not None:
+        _progress_callback(count)
+
+
+def _worker_loop(task_queue, result_queue, counter):
+    """Worker process: converts shards from `task_queue` until a None arrives; the first failure ends it."""
+
     def add(count: int):
         with counter.get_lock():
             counter.value += count
 
     global _progress_callback
     _progress_callback = add
+    while (task := task_queue.get()) is not None:
+        try:
+            result_queue.put(_convert_shard(task))
+        except BaseException as error:
+            # Sent as text: not every exception pickles, and the message is what the user needs.
+            detail = str(error) if isinstance(error, Aras400kError) else traceback.format_exc()
+            result_queue.put(_ShardFailure(isinstance(error, Aras400kError), detail))
+            return
 
 
-def _report_progress(count: int):
-    if _progress_callback is not None:
-        _progress_callback(count)
+@dataclasses.dataclass
+class _ShardFailure:
+    bad_input: bool
+    detail: str
 
 
 def _convert_shard(task: _ShardTask) -> _ShardResult:
@@ -603,7 +621,10 @@ def _convert_shard(task: _ShardTask) -> _ShardResult:
     writer = pq.ParquetWriter(
         task.shard_path,
         task.schema,
-        compression={"image.bytes": "none", "label.bytes": "none"},  # PNG bytes are already compressed
+        # PNG bytes are already compressed: stored plain, with no compression, dictionary or statistics to compute.
+        compression={"image.bytes": "none", "label.bytes": "none"},
+        use_dictionary=["tile"],
+        column_encoding={"image.bytes": "PLAIN", "label.bytes": "PLAIN"},
         write_statistics=False,
     )
     try:
@@ -740,7 +761,11 @@ def _shard_tasks(indexes, shard_counts, data_dir: Path, unknown_to_ignore: bool)
 
 
 def _run_tasks(tasks: list[_ShardTask], num_proc: int, total: int) -> list[_ShardResult]:
-    """Runs shard tasks in `num_proc` processes (in this process when 1), with one progress bar on this process."""
+    """Runs shard tasks in `num_proc` worker processes (in this process when 1), with one progress bar here.
+
+    The first failure stops everything; a worker that dies without a word (e.g. killed for lack of memory) is an
+    error too, never a hang.
+    """
     global _progress_callback
     if num_proc <= 1:
         with tqdm(total=total, unit="pair", desc="Converting ARAS400k", dynamic_ncols=True) as progress:
@@ -751,19 +776,45 @@ def _run_tasks(tasks: list[_ShardTask], num_proc: int, total: int) -> list[_Shar
                 _progress_callback = None
     # fork starts workers without re-importing lale_hf; elsewhere spawn is the only safe choice.
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    counter = context.Value("q", 0)
-    # The pool exists before the progress bar, so that no tqdm thread is running when the workers fork.
-    with context.Pool(min(num_proc, len(tasks)), initializer=_init_worker, initargs=(counter,)) as pool:
-        pending = pool.imap_unordered(_convert_shard, tasks)
-        results = []
+    counter, task_queue, result_queue = context.Value("q", 0), context.Queue(), context.Queue()
+    workers = [
+        context.Process(target=_worker_loop, args=(task_queue, result_queue, counter), daemon=True)
+        for _ in range(min(num_proc, len(tasks)))
+    ]
+    # Workers start before any queue feeder or tqdm thread exists in this process.
+    for worker in workers:
+        worker.start()
+    results = []
+    try:
+        for task in tasks:
+            task_queue.put(task)
+        for _ in workers:
+            task_queue.put(None)
         with tqdm(total=total, unit="pair", desc="Converting ARAS400k", dynamic_ncols=True) as progress:
             while len(results) < len(tasks):
                 try:
-                    results.append(pending.next(timeout=0.5))
-                except multiprocessing.TimeoutError:
-                    pass
+                    outcome = result_queue.get(timeout=0.5)
+                except queue.Empty:
+                    dead = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(
+                            f"A converter worker process died with exit code {dead[0]} (killed, e.g. for lack of "
+                            "memory); nothing was written. Try a smaller --num_proc."
+                        ) from None
+                else:
+                    if isinstance(outcome, _ShardFailure):
+                        raise (Aras400kError if outcome.bad_input else RuntimeError)(outcome.detail)
+                    results.append(outcome)
                 progress.update(counter.value - progress.n)
-        return results
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+        # Tasks never taken must not keep this process from exiting.
+        task_queue.cancel_join_thread()
+        task_queue.close()
+    return results
 
 
 def convert_aras400k(

@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -365,6 +366,19 @@ def test_empty_split(tmp_path, val_pairs):
     write_members(inputs / "val.zip", pair_members(val_pairs))
     write_members(inputs / "test.zip", members[-2:])
     assert_fails_cleanly(tmp_path, "test.zip: empty split")
+
+
+def test_killed_worker_is_an_error_not_a_hang(s2glc_sample, tmp_path, monkeypatch):
+    import lale_hf.aras400k as converter
+
+    def killed(task):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    monkeypatch.setattr(converter, "_convert_shard", killed)  # forked workers inherit it
+    with pytest.raises(RuntimeError, match="died with exit code -9"):
+        convert_aras400k(zips, tmp_path / "out" / "dataset", num_proc=2)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_existing_output_needs_overwrite(s2glc_sample, tmp_path):
