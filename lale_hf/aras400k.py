@@ -460,6 +460,10 @@ def index_split(
             f"{where}: empty split, no PNG files under an images/ or masks/ folder "
             f"({ignored} other member(s) ignored)."
         )
+    for kind, other in (("images", "masks"), ("masks", "images")):
+        if not prefixes[other]:
+            shown = [prefix + "/" if prefix else "(root)" for prefix in sorted(prefixes[kind])]
+            raise Aras400kError(f"{where}: found {kind}/ under {shown} but no {other}/ folder.")
     if len(all_prefixes) > 1 or prefixes["images"] != prefixes["masks"]:
         raise Aras400kError(
             f"{where}: expected one images/ and one masks/ folder side by side, found them under "
@@ -684,6 +688,7 @@ class SplitSummary:
     md5_checked_against: str
     skipped_unpaired: int
     skipped_duplicates: int
+    ignored_members: int  # files outside images/ and masks/, hidden files, macOS metadata
     unknown_pixels: int
 
 
@@ -874,6 +879,7 @@ def convert_aras400k(
                 ),
                 skipped_unpaired=index.skipped_unpaired,
                 skipped_duplicates=index.skipped_duplicates,
+                ignored_members=index.ignored_members,
                 unknown_pixels=sum(result.unknown_pixels for result in split_results),
             )
         procedural = (input_dir / SAMPLE_MARKER).is_file()

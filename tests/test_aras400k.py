@@ -1,6 +1,7 @@
 """The ARAS400k converter on ARAS-format zips rebuilt from the real Sentinel-2 sample: round trips through
 `load_dataset` (normal and streaming) compared byte- and pixel-exact with the sources, and one test per bad input."""
 
+import hashlib
 import io
 import json
 import os
@@ -261,6 +262,11 @@ def test_missing_pair(tmp_path, val_pairs):
     assert repr(val_pairs[1][0]) in message and "--skip_unpaired" in message
 
 
+def test_masks_folder_missing(tmp_path, val_pairs):
+    members = [m for m in pair_members(val_pairs) if "/images/" in m[0]]
+    assert_fails_cleanly(tmp_path, r"found images/ under \['ARAS400k/val/'\] but no masks/ folder", members)
+
+
 def test_duplicate_stem(tmp_path, val_pairs):
     name, image_png, _ = val_pairs[0]
     members = pair_members(val_pairs) + [(f"ARAS400k/val/images/extra/{name}.png", image_png)]
@@ -300,7 +306,7 @@ def test_md5_mismatch(tmp_path, val_pairs):
     (inputs / "md5sums.txt").write_text("0123456789abcdef0123456789abcdef  val.zip\n")
     message = assert_fails_cleanly(tmp_path, "MD5 mismatch", md5_list=False)
     assert "expected 0123456789abcdef0123456789abcdef" in message and str(inputs / "val.zip") in message
-    assert f"the file has {__import__('hashlib').md5((inputs / 'val.zip').read_bytes()).hexdigest()}" in message
+    assert f"the file has {hashlib.md5((inputs / 'val.zip').read_bytes()).hexdigest()}" in message
 
 
 def test_published_checksum_applies_without_an_md5_list(tmp_path, val_pairs):
@@ -423,3 +429,49 @@ def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     assert "28 pairs in" in done.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["splits"]["validation"]["num_examples"] == 8
+
+
+PULL_CONVERTED = """
+import hashlib, json, sys
+import datasets
+from huggingface_hub import hf_hub_download
+
+repo = sys.argv[1]
+loaded = datasets.load_dataset(repo)
+streamed = datasets.load_dataset(repo, streaming=True)
+def digest(rows):
+    return {row["name"]: hashlib.sha256(row["label"].tobytes()).hexdigest() for row in rows}
+print(json.dumps({
+    "loaded": {split: digest(loaded[split]) for split in loaded},
+    "streamed": {split: digest(streamed[split]) for split in streamed},
+    "id2label": json.load(open(hf_hub_download(repo, "id2label.json", repo_type="dataset"))),
+    "description": loaded["train"].info.description,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_same_dataset(s2glc_sample, tmp_path, hub_server):
+    from datasets import load_dataset
+
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    env = hub_server.env({"PYTHONPATH": str(REPO_ROOT)})
+    pushed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--input_dir", str(zips),
+         "--output_dir", str(tmp_path / "dataset"), "--num_proc", "1", "--push_to_hub", "hubtest/aras400k-real"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert pushed.returncode == 0, f"{pushed.stderr[-3000:]}\n--- server log ---\n{hub_server.log_tail()}"
+    pulled = subprocess.run([sys.executable, "-c", PULL_CONVERTED, "hubtest/aras400k-real"], env=hub_server.env(),
+                            capture_output=True, text=True, timeout=300)
+    assert pulled.returncode == 0, f"{pulled.stderr[-3000:]}\n--- server log ---\n{hub_server.log_tail()}"
+    remote = json.loads(pulled.stdout.strip().splitlines()[-1])
+
+    local = load_dataset(str(tmp_path / "dataset"))
+    expected = {
+        split: {row["name"]: hashlib.sha256(row["label"].tobytes()).hexdigest() for row in local[split]}
+        for split in local
+    }
+    assert remote["loaded"] == expected and remote["streamed"] == expected
+    assert remote["id2label"] == json.loads((tmp_path / "dataset" / "id2label.json").read_text())
+    assert "Built-up" in remote["description"]
