@@ -839,6 +839,10 @@ def convert_aras400k(
 
     The output holds `data/{split}-NNNNN-of-NNNNN.parquet`, `README.md` (dataset card with configs) and
     `id2label.json`; it appears only when everything succeeded. Splits are named train, validation, test, synthetic.
+    Zips are checked against `PUBLISHED_MD5` unless `verify_md5=False`; an `MD5SUMS` or `md5sums.txt` file in
+    `input_dir` (`md5sum` format) overrides those sums for the files it lists, as for the generated sample.
+    Bad input raises `Aras400kError` naming the file; `skip_unpaired` leaves out unpaired and duplicated stems,
+    `unknown_to_ignore` maps unknown mask colours to 255.
     """
     start = time.perf_counter()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()

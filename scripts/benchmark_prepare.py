@@ -111,6 +111,7 @@ def measure_conversion(zips: Path, output: Path, num_proc: int) -> dict:
 
 def main():
     args = parse_args()
+    load_at_start = os.getloadavg()
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="lale-benchmark-prepare-"))
     rows, generation = [], {}
     for size in args.sizes:
@@ -153,6 +154,9 @@ def main():
             "platform": platform.platform(),
             "python": platform.python_version(),
             "allocator": os.environ.get("LD_PRELOAD") or "system malloc",
+            # Other work on the machine slows every run alike; the 1-process baseline of the same run shows it.
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
         },
         "split_shares": SPLIT_SHARES,
         "runs": rows,
@@ -162,7 +166,7 @@ def main():
     partial = args.output_json.with_name(f".{args.output_json.name}.partial")
     partial.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(partial, args.output_json)
-    print(f"JSON -> {args.output_json}")
+    print(f"load average {load_at_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; JSON -> {args.output_json}")
     if args.work_dir is None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
