@@ -24,3 +24,8 @@ test: env
 	mkdir -p $(HF_HOME)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The main job: sample data (or DEMO_ARGS="--aras400k_dir /path/to/zips"), training, evaluation, prediction.
+demo: env
+	mkdir -p $(HF_HOME)
+	$(VENV)/bin/python scripts/demo.py --overwrite $(DEMO_ARGS)

@@ -123,8 +123,9 @@ class LaleConfig(BackboneConfigMixin, PreTrainedConfig):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["id2label"] = dict(enumerate(ARAS400K_LABELS))
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            self.id2label = dict(enumerate(ARAS400K_LABELS))
+            self.label2id = {name: index for index, name in self.id2label.items()}
         self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)

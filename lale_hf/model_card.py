@@ -67,6 +67,8 @@ HYPERPARAMETERS = (
 
 
 def _format(value):
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"  # a class absent from both references and predictions has no score
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 

@@ -241,6 +241,11 @@ def load_segmentation_splits(dataset_name: str, splits: list[str]) -> tuple[dict
     return {split: dataset[split] for split in splits}, id2label
 
 
+def json_ready(results: dict) -> dict:
+    """Results with NaN (a score undefined for a class absent from the data) as null, for strict JSON."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in results.items()}
+
+
 def first_samples(split, max_samples: int | None):
     """The first `max_samples` rows of a split (all of them when None)."""
     return split if max_samples is None else split.select(range(min(max_samples, len(split))))
@@ -260,13 +265,15 @@ def save_confusion_matrix_plot(confusion_matrix, id2label: dict[int, str], path:
     rows = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     names = [id2label[i] for i in range(len(id2label))]
+    # metrics.py keeps one extra column for predictions outside the label set.
+    columns = names + ["outside"] * (counts.shape[1] - len(names))
     figure, axes = plt.subplots(figsize=(1.0 + 0.75 * len(names), 0.75 + 0.7 * len(names)), dpi=120)
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, column), share in np.ndenumerate(shares):
         if rows[row, 0] > 0:
             axes.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=8,
                       color="white" if share > 0.5 else "black")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), [f"{n} ({int(r)} px)" for n, r in zip(names, rows[:, 0])])
     axes.set_xlabel("predicted")
     axes.set_ylabel("reference")

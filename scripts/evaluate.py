@@ -21,6 +21,7 @@ from lale_hf.training import (
     SegmentationDataset,
     evaluate,
     first_samples,
+    json_ready,
     load_segmentation_splits,
     save_confusion_matrix_plot,
 )
@@ -64,7 +65,7 @@ def main(argv=None):
         output_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
         partial = output_dir / ".eval_results.json.partial"
-        partial.write_text(json.dumps({**results, "split": args.split, "model": args.model_name_or_path}, indent=2))
+        partial.write_text(json.dumps(json_ready({**results, "split": args.split, "model": args.model_name_or_path}), indent=2))
         os.replace(partial, output_dir / "eval_results.json")
         width = max(len(name) for name in id2label.values())
         print(f"{args.split}: {results['num_samples']} samples")

@@ -32,6 +32,7 @@ from lale_hf.training import (
     TrainingState,
     evaluate,
     first_samples,
+    json_ready,
     list_checkpoints,
     load_segmentation_splits,
     replace_directory,
@@ -129,7 +130,9 @@ def build_model(args, id2label):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator_kwargs = {"log_with": args.report_to, "project_dir": args.output_dir} if args.with_tracking else {}
+    accelerator_kwargs = (
+        {"log_with": args.report_to, "project_dir": os.path.join(args.output_dir, "runs")} if args.with_tracking else {}
+    )
     if args.mixed_precision:
         accelerator_kwargs["mixed_precision"] = args.mixed_precision
     # A seedable sampler makes the shuffled order a function of (seed, epoch): resuming replays it exactly.
@@ -161,12 +164,15 @@ def main(argv=None):
     )
     train_dataset = SegmentationDataset(train_split, args.image_size, augmentation, seed=args.seed)
     eval_dataset = SegmentationDataset(eval_split, args.image_size)
+    # Own generators: creating a loader iterator must not draw from the global RNG that dropout and drop-path use,
+    # or a resumed run (which creates one more iterator) would diverge from an uninterrupted one.
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
-        num_workers=args.dataloader_num_workers,
+        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = torch.utils.data.DataLoader(
-        eval_dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
+        eval_dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
 
     no_decay = ("bias", "norm", "scale")
@@ -245,7 +251,7 @@ def main(argv=None):
             partial = folder.with_name("." + folder.name + ".partial")
             accelerator.unwrap_model(model).save_pretrained(partial)
             processor.save_pretrained(partial)
-            (partial / "eval_results.json").write_text(json.dumps(results, indent=2))
+            (partial / "eval_results.json").write_text(json.dumps(json_ready(results), indent=2))
             replace_directory(partial, folder)
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -308,7 +314,7 @@ def main(argv=None):
 
     results = run_evaluation() if state.last_eval is None or state.last_eval["step"] != state.completed_steps else state.last_eval
     results = {
-        **{k: v for k, v in results.items() if k != "confusion_matrix"},
+        **json_ready({k: v for k, v in results.items() if k != "confusion_matrix"}),
         "train_steps": state.completed_steps,
         "train_samples": state.samples_seen,
         "train_runtime_seconds": round(state.train_seconds, 2),
@@ -347,7 +353,7 @@ def push_folder(args, folder, message):
     api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
     api.upload_folder(
         repo_id=args.hub_model_id, folder_path=folder, commit_message=message,
-        ignore_patterns=["step_*", ".*", "best/*", "runs/*", "*.partial"],
+        ignore_patterns=["step_*", ".*", "best/*", "*.partial"],
     )
 
 

@@ -54,6 +54,13 @@ def test_default_labels_are_aras400k():
     assert LaleConfig(num_labels=3).num_labels == 3
 
 
+def test_custom_labels_survive_save_and_load(tmp_path):
+    LaleConfig(id2label={0: "forest", 1: "water"}).save_pretrained(tmp_path / "named")
+    assert LaleConfig.from_pretrained(tmp_path / "named").id2label == {0: "forest", 1: "water"}
+    LaleConfig(num_labels=3).save_pretrained(tmp_path / "three")
+    assert AutoConfig.from_pretrained(tmp_path / "three").num_labels == 3
+
+
 def test_loss_ignores_255_and_matches_segformer_recipe():
     model = build(LaleConfig())
     pixel_values = torch.randn(2, 3, 64, 64)

@@ -1,0 +1,203 @@
+"""scripts/train.py end to end through real `accelerate launch` subprocesses on a slice of the real sample."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+
+from lale_hf import LaleForSemanticSegmentation
+from lale_hf.aras400k import convert_aras400k
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+SMALL_RUN = [
+    "--preset", "lale-tiny", "--image_size", "64", "--per_device_train_batch_size", "4",
+    "--per_device_eval_batch_size", "4", "--learning_rate", "3e-3", "--seed", "7",
+]
+
+
+@pytest.fixture(scope="module")
+def s2glc_dataset(s2glc_sample, tmp_path_factory) -> Path:
+    """The real sample's train/ and val/ folders converted by the project's own converter."""
+    output = tmp_path_factory.mktemp("s2glc") / "dataset"
+    convert_aras400k(s2glc_sample, output, verify_md5=False, num_proc=1)
+    return output
+
+
+def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "scripts/train.py", **kwargs):
+    command = [*ACCELERATE, "--num_processes", str(num_processes), "--num_machines", "1", "--cpu",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def check(result):
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
+
+
+def test_end_to_end_training_learns_saves_and_pushes(s2glc_dataset, tmp_path, hub_server):
+    output = tmp_path / "run"
+    env = hub_server.env()
+    check(launch([
+        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "32", "--max_eval_samples", "12",
+        "--max_train_steps", "24", "--eval_steps", "12", "--output_dir", str(output), *SMALL_RUN,
+        "--with_tracking", "--report_to", "tensorboard",
+        "--push_to_hub", "--hub_model_id", "org/lale-tiny", "--hub_token", "hf_test_token",
+    ], env))
+    results = json.loads((output / "all_results.json").read_text())
+    history = results["train_loss_history"]
+    assert len(history) == 24
+    assert sum(history[-6:]) / 6 < 0.8 * sum(history[:6]) / 6, history
+    for key in ("eval_macro_f1", "eval_mean_iou", "eval_overall_accuracy", "eval_f1_Tree", "eval_iou_Crop"):
+        assert 0.0 <= results[key] <= 1.0, key
+    best = json.loads((output / "best" / "eval_results.json").read_text())
+    assert best["step"] in (12, 24) and best["eval_macro_f1"] >= results["eval_macro_f1"] - 1e-12
+    assert (output / "confusion_matrix.png").stat().st_size > 1000
+    assert list((output / "runs").rglob("events.out.tfevents.*")), "no tensorboard events"
+    assert (output / "model.safetensors").is_file() and not list(output.glob("*.bin"))
+    for code_file in ("configuration_lale.py", "modeling_lale.py", "image_processing_lale.py"):
+        assert (output / code_file).is_file()
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-segmentation"
+    card_metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert card_metrics["f1"] == results["eval_macro_f1"] and card_metrics["mean_iou"] == results["eval_mean_iou"]
+
+    model = LaleForSemanticSegmentation.from_pretrained(output).eval()
+    assert model.config.id2label[0] == "Tree"
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(pixel_values).logits
+    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
+    # The saved folder, then the pushed repository over HTTP, each in a process where lale_hf cannot be imported.
+    for source, client_env in ((str(output), env), ("org/lale-tiny", hub_server.env())):
+        remote = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, source], cwd=tmp_path, env=client_env,
+                                capture_output=True, text=True, timeout=300)
+        assert remote.returncode == 0, (remote.stderr[-3000:], hub_server.log_tail())
+        torch.testing.assert_close(load_file(tmp_path / "outputs.safetensors")["logits"], logits, rtol=0, atol=0)
+    pushed_card = json.loads((tmp_path / "card.json").read_text())
+    assert pushed_card["f1"] == results["eval_macro_f1"]
+    assert pushed_card["mean_iou"] == results["eval_mean_iou"]
+    assert pushed_card["accuracy"] == results["eval_overall_accuracy"]
+
+
+# Loads a model through remote code where lale_hf cannot be imported; writes its logits and card metrics.
+REMOTE_CLIENT = """
+import importlib.machinery, json, os, sys
+sys.path = [p for p in sys.path if importlib.machinery.PathFinder.find_spec("lale_hf", [p or "."]) is None]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSemanticSegmentation
+model = AutoModelForSemanticSegmentation.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert "lale_hf" not in sys.modules
+with torch.no_grad():
+    logits = model(load_file("inputs.safetensors")["pixel_values"]).logits
+save_file({"logits": logits.contiguous()}, "outputs.safetensors")
+card = ModelCard.load(os.path.join(sys.argv[1], "README.md") if os.path.isdir(sys.argv[1]) else sys.argv[1])
+with open("card.json", "w") as f:
+    json.dump({r.metric_type: r.metric_value for r in card.data.eval_results}, f)
+"""
+
+
+def test_resume_after_sigkill_gives_the_same_weights(s2glc_dataset, tmp_path, clean_env):
+    common = [
+        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "24", "--max_eval_samples", "4",
+        "--max_train_steps", "12", "--checkpointing_steps", "3", "--checkpoints_total_limit", "2", *SMALL_RUN,
+        "--eval_steps", "100", "--num_train_epochs", "3",
+    ]
+    check(launch([*common, "--output_dir", str(tmp_path / "straight")], clean_env))
+
+    interrupted = tmp_path / "interrupted"
+    command = [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(REPO_ROOT / "scripts/train.py"), *common, "--output_dir", str(interrupted)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=clean_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (interrupted / "step_6").is_dir():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "model.safetensors").exists()
+    assert [p.name for p in sorted(interrupted.glob("step_*"))][-1] in ("step_6", "step_9")
+
+    check(launch([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"], clean_env))
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(interrupted / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert len(list(interrupted.glob("step_*"))) == 2  # --checkpoints_total_limit
+
+
+def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lale_tiny_checkpoint, tmp_path, clean_env):
+    matrices = []
+    for num_processes in (1, 2):
+        output = tmp_path / f"eval-{num_processes}"
+        check(launch([
+            "--model_name_or_path", str(lale_tiny_checkpoint), "--dataset_name", str(s2glc_dataset),
+            "--split", "validation", "--max_eval_samples", "13", "--per_device_eval_batch_size", "3",
+            "--image_size", "64", "--output_dir", str(output),
+        ], clean_env, num_processes=num_processes, script="scripts/evaluate.py"))
+        results = json.loads((output / "eval_results.json").read_text())
+        assert results["num_samples"] == 13
+        matrices.append(results["confusion_matrix"])
+    assert sum(map(sum, matrices[0])) == 13 * 64 * 64
+    assert matrices[0] == matrices[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "lale-huge"], "invalid choice: 'lale-huge'"),
+        (["--preset", "lale-tiny", "--validation_split", "dev"], "has no split 'dev'"),
+        (["--preset", "lale-tiny", "--class_weights", "1", "2"], "--class_weights has 2 values for 7 classes"),
+        (["--preset", "lale-tiny", "--model_name_or_path", "x"], "exactly one of --preset"),
+    ],
+)
+def test_bad_arguments_fail_before_training(s2glc_dataset, tmp_path, clean_env, args, message):
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--dataset_name", str(s2glc_dataset), "--output_dir", str(tmp_path / "o"), *args],
+        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_dataset_without_class_names_is_refused(s2glc_dataset, tmp_path, clean_env):
+    import shutil
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(s2glc_dataset, unlabelled)
+    (unlabelled / "id2label.json").unlink()
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--dataset_name", str(unlabelled), "--preset", "lale-tiny",
+         "--output_dir", str(tmp_path / "o")], cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "carries no class names (id2label.json)" in result.stderr
+
+
+def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, clean_env):
+    from lale_hf import LaleConfig
+
+    LaleForSemanticSegmentation(LaleConfig(num_labels=3)).save_pretrained(tmp_path / "three")
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--dataset_name", str(s2glc_dataset), "--model_name_or_path",
+         str(tmp_path / "three"), "--output_dir", str(tmp_path / "o")],
+        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "predicts 3 classes but the dataset has 7" in result.stderr and "--ignore_mismatched_sizes" in result.stderr
