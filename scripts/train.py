@@ -202,6 +202,8 @@ def main(argv=None):
 
     state = TrainingState()
     output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if args.resume_from_checkpoint:
         checkpoint = (
             (list_checkpoints(output_dir) or [None])[-1] if args.resume_from_checkpoint == "latest"
