@@ -35,8 +35,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 INPUT_SUFFIXES = RASTER_SUFFIXES + IMAGE_SUFFIXES
 SCALING_METHODS = ("auto", "none", "tile_max", "scene_max", "patch_max_median")
 NODATA_CLASS = 255
+ARAS_PATCH_SIZE = 256
 OUTPUT_STRIDE = 4
-# GDAL's block cache defaults to 5% of RAM and would fill with every block of a large scene.
+# GDAL's block cache defaults to 5% of RAM and would fill with every block of a large scene (the GDAL_CACHEMAX
+# environment variable overrides this limit).
 GDAL_CACHE_BYTES = 64 * 1024 * 1024
 # Blended logits are upsampled in column chunks of this many pixels, so no buffer spans the scene width at full
 # resolution.
@@ -65,7 +67,9 @@ def _import_onnxruntime():
 
 
 def _rasterio_env():
-    return _import_rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+    # A GDAL_CACHEMAX set by the user wins.
+    limit = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
+    return _import_rasterio().Env(**limit)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,10 +238,11 @@ class Scaling:
 
     `none`: 8-bit input used as is. `tile_max`: every model tile divided by its own maximum, the ARAS400k rule
     applied per tile (brightness can then change from tile to tile). `scene_max` and `patch_max_median`: one divisor
-    for the whole scene from a first streaming pass, its maximum or the median over its `tile_size` blocks of each
-    block's maximum (what a typical ARAS400k patch cut from this scene was divided by; robust to a few bright
-    clouds). `gain`: `x * gain`, the fixed alternative. Divisors apply as `x / peak * 255`, clipped and truncated
-    to uint8 exactly as ARAS400k was built, so a single patch scaled with `patch_max_median` reproduces it.
+    for the whole scene from a first streaming pass: its maximum, or the median over its 256x256 blocks (the
+    ARAS400k patch size) of each block's maximum, i.e. what a typical ARAS400k patch cut from this scene was divided
+    by, robust to a few bright clouds. `gain`: `x * gain`, the fixed alternative. Divisors apply as
+    `x / peak * 255`, clipped and truncated to uint8 exactly as ARAS400k was built, so a single patch scaled with
+    `patch_max_median` reproduces it.
     """
 
     method: str
@@ -259,7 +264,7 @@ class Scaling:
             "none": "8-bit input used as is",
             "tile_max": "each model tile divided by its own maximum (x / max * 255)",
             "scene_max": "x / peak * 255 with peak the scene maximum (first pass)",
-            "patch_max_median": "x / peak * 255 with peak the median over the scene's tile-size blocks of each "
+            "patch_max_median": "x / peak * 255 with peak the median over the scene's 256x256 blocks of each "
             "block's maximum (first pass); equals ARAS400k per-patch scaling on a single patch",
             "gain": "x * gain, clipped to 0..255",
         }
@@ -315,8 +320,13 @@ def _valid_mask(window: np.ndarray, nodata: np.ndarray | None) -> np.ndarray | N
     return None if nodata is None else ~np.all(window == nodata, axis=-1)
 
 
-def resolve_scaling(source, bands, scaling: str | float = "auto", block_size: int = 256, progress: bool = False) -> Scaling:
-    """Turns a scaling choice into a `Scaling`, reading the scene once (block by block) when it needs statistics."""
+def resolve_scaling(
+    source, bands, scaling: str | float = "auto", block_size: int = ARAS_PATCH_SIZE, progress: bool = False
+) -> Scaling:
+    """Turns a scaling choice into a `Scaling`, reading the scene once (block by block) when it needs statistics.
+
+    Blocks default to the ARAS400k patch size whatever the tile size: the statistic imitates the dataset's patches.
+    """
     method = check_scaling(source, scaling)
     if method == "gain":
         return Scaling("gain", gain=_parse_scaling(scaling)[1])
@@ -975,7 +985,7 @@ def _run_plan(plan: _Plan, predictor: Predictor, scaling, tile_size, overlap, ba
     source = open_source(plan.path)
     staged = _StagedFiles()
     try:
-        resolved = resolve_scaling(source, plan.bands, scaling, block_size=tile_size, progress=progress)
+        resolved = resolve_scaling(source, plan.bands, scaling, progress=progress)
         grid = plan_tiles(source.height, source.width, tile_size, overlap)
         palette = palette_for_labels(predictor.id2label)
         metadata = {
@@ -1077,7 +1087,7 @@ def predict_image(
         image = image.convert("RGB") if image.mode not in ("RGB", "L", "I;16", "I", "F") else image
     source = ImageSource(np.asarray(image), name="<image>")
     band_indexes = resolve_bands(source, bands)
-    resolved = resolve_scaling(source, band_indexes, scaling, block_size=tile_size)
+    resolved = resolve_scaling(source, band_indexes, scaling)
     grid = plan_tiles(source.height, source.width, tile_size, overlap)
     labels = np.empty((source.height, source.width), dtype=np.uint8)
     for row0, rows in iter_label_rows(source, predictor, band_indexes, resolved, grid, batch_size, progress):

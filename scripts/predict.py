@@ -17,8 +17,14 @@ Scaling (--scaling) turns raw values into the 8-bit RGB the model was trained on
 divided by its own maximum). "auto" uses 8-bit input as is and, for anything else, "patch_max_median": one divisor
 for the whole scene, the median over its 256x256 blocks of each block's maximum, found in a first streaming pass.
 On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one brightness across tiles, so no seams.
-"tile_max" divides each tile by its own maximum, "scene_max" by the scene maximum; a number is a fixed gain.
-GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX models onnxruntime (pip install 'lale-hf[onnx]').
+"tile_max" divides each tile by its own maximum, "scene_max" by the scene maximum; a number is a fixed gain. The
+choice and the divisor or gain used are recorded in the outputs (stats JSON, GeoTIFF tags, PNG text).
+
+Scenes larger than a tile are predicted in sliding windows (--tile-size, --overlap) whose logits are averaged with
+linear ramps over the overlaps, so tile borders leave no seams. Rasters are read and GeoTIFFs written window by
+window; memory does not grow with the scene's area. A PNG class map (input without a CRS) is held whole until saved,
+one byte per pixel. GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX models onnxruntime
+(pip install 'lale-hf[onnx]').
 """
 
 import argparse
