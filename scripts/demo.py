@@ -61,7 +61,7 @@ def main():
         "--dataset_name", str(dataset_dir), "--preset", args.preset, "--output_dir", str(model_dir),
         "--max_train_minutes", str(args.train_minutes), "--num_train_epochs", "1000", "--eval_steps", "100",
         "--checkpointing_steps", "100", "--checkpoints_total_limit", "1", "--learning_rate", "2e-3",
-        "--per_device_train_batch_size", "8", "--num_warmup_steps", "20", "--seed", str(args.seed),
+        "--per_device_train_batch_size", "8", "--lr_scheduler_type", "constant_with_warmup", "--num_warmup_steps", "20", "--seed", str(args.seed),
         "--with_tracking", "--report_to", "tensorboard",
     ])
 
