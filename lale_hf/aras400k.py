@@ -10,6 +10,7 @@ Members are read straight from the zips (no extraction), workers convert whole s
 appears atomically: everything is written to a hidden temporary folder beside `output_dir` and renamed at the end.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -20,6 +21,7 @@ import os
 import queue
 import re
 import shutil
+import sqlite3
 import struct
 import time
 import traceback
@@ -308,12 +310,15 @@ class _FolderMemberReader:
 
 
 def _iter_folder_members(root: Path) -> Iterator[tuple[str, int, bytes]]:
-    """Yields (relative posix path, size, b"") for every file under an extracted split folder."""
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories.sort()
-        for file_name in sorted(files):
-            path = Path(directory, file_name)
-            yield path.relative_to(root).as_posix(), path.stat().st_size, b""
+    """Yields (relative posix path, size, b"") for every file under an extracted split folder, streaming."""
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif entry.is_file():
+                    yield Path(entry.path).relative_to(root).as_posix(), entry.stat().st_size, b""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,11 +336,11 @@ class SplitSource:
 
 @dataclasses.dataclass
 class SplitIndex:
-    """The sorted image/mask pairs of one split and what was left out."""
+    """A split whose pairs are listed, sorted by stem, in the on-disk pair index; and what was left out."""
 
     source: SplitSource
     prefix: str
-    pairs: list[tuple[str, str, bytes, str, bytes]]  # (stem, image path, image location, mask path, mask location)
+    num_pairs: int
     estimated_bytes: int
     skipped_unpaired: int = 0
     skipped_duplicates: int = 0
@@ -390,116 +395,172 @@ def _unsafe_member_path(name: str) -> bool:
     )
 
 
-def _listing(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(name) for name in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+class _Examples:
+    """Counts offending names and keeps the first few, so that pathological input costs no memory."""
+
+    def __init__(self, keep: int = 10):
+        self.count, self.names, self.keep = 0, [], keep
+
+    def add(self, name: str):
+        self.count += 1
+        if len(self.names) < self.keep:
+            self.names.append(name)
+
+    def listing(self) -> str:
+        shown = ", ".join(repr(name) for name in self.names)
+        return shown + (f" and {self.count - len(self.names)} more" if self.count > len(self.names) else "")
+
+
+def open_pair_index(path: str | os.PathLike) -> sqlite3.Connection:
+    """The on-disk index of members and pairs (SQLite): listing and pairing 400k pairs costs no memory per pair."""
+    database = sqlite3.connect(path)
+    # A scratch file rebuilt on every run: no journal, no fsync.
+    database.executescript(
+        """
+        PRAGMA journal_mode = OFF;
+        PRAGMA synchronous = OFF;
+        CREATE TABLE IF NOT EXISTS members (split TEXT, kind TEXT, stem TEXT, name TEXT, location BLOB);
+        CREATE TABLE IF NOT EXISTS duplicated (split TEXT, stem TEXT);
+        CREATE TABLE IF NOT EXISTS pairs (
+            split TEXT, rank INTEGER, stem TEXT, image_name TEXT, image_location BLOB, mask_name TEXT,
+            mask_location BLOB, PRIMARY KEY (split, rank)
+        );
+        """
+    )
+    return database
+
+
+def _stems(database: sqlite3.Connection, query: str, split: str) -> tuple[int, str]:
+    """(count, listing of the first ten) of the stems a query selects for a split."""
+    count = database.execute(f"SELECT COUNT(*) FROM ({query})", (split,)).fetchone()[0]
+    first = [row[0] for row in database.execute(f"{query} ORDER BY stem LIMIT 10", (split,))]
+    return count, ", ".join(repr(stem) for stem in first) + (f" and {count - len(first)} more" if count > 10 else "")
+
+
+_IMAGES_ONLY = """SELECT DISTINCT stem FROM members AS i WHERE split = ? AND kind = 'images' AND NOT EXISTS
+    (SELECT 1 FROM members AS m WHERE m.split = i.split AND m.kind = 'masks' AND m.stem = i.stem)"""
+_MASKS_ONLY = """SELECT DISTINCT stem FROM members AS m WHERE split = ? AND kind = 'masks' AND NOT EXISTS
+    (SELECT 1 FROM members AS i WHERE i.split = m.split AND i.kind = 'images' AND i.stem = m.stem)"""
+_DUPLICATED = "SELECT stem FROM duplicated WHERE split = ?"
 
 
 def index_split(
-    source: SplitSource, skip_unpaired: bool = False, max_member_size: int = DEFAULT_MAX_MEMBER_SIZE
+    source: SplitSource,
+    database: sqlite3.Connection,
+    skip_unpaired: bool = False,
+    max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
 ) -> SplitIndex:
-    """Lists a split's members, finds its `images/` and `masks/` folders at whatever prefix, and pairs them by stem.
+    """Lists a split's members into the pair index, finds its `images/` and `masks/` folders at whatever prefix, and
+    pairs them by stem (table `pairs`, ranked by stem).
 
     Rejects absolute or `..` member paths, non-PNG files in those folders, absurd declared sizes, several prefixes,
     and (unless `skip_unpaired`) unpaired or duplicated stems; an empty split is always an error.
     """
     members = _iter_zip_members(source.path) if source.kind == "zip" else _iter_folder_members(source.path)
     where = source.path.name if source.kind == "zip" else str(source.path)
-    found = {"images": {}, "masks": {}}
-    duplicates = {"images": set(), "masks": set()}
+    split = source.split
     prefixes = {"images": set(), "masks": set()}
-    unsafe, not_png, oversized = [], [], []
-    ignored = 0
-    estimated_bytes = 0
-    for name, size, location in members:
-        if _unsafe_member_path(name):
-            unsafe.append(name)
-            continue
-        if name.endswith("/"):
-            continue
-        parts = name.split("/")
-        # macOS archive metadata and hidden files (.DS_Store) are never data.
-        if parts[0] == "__MACOSX" or parts[-1].startswith("."):
-            ignored += 1
-            continue
-        folder_at = next((i for i, part in enumerate(parts[:-1]) if part in ("images", "masks")), None)
-        if folder_at is None:
-            ignored += 1
-            continue
-        kind = parts[folder_at]
-        prefixes[kind].add("/".join(parts[:folder_at]))
-        if not parts[-1].lower().endswith(".png"):
-            not_png.append(name)
-            continue
-        if size > max_member_size:
-            oversized.append(f"{name} ({size} bytes)")
-            continue
-        stem = parts[-1][:-4]
-        if stem in found[kind]:
-            duplicates[kind].add(stem)
-        found[kind][stem] = (name, location)
-        estimated_bytes += size
-    if unsafe:
+    unsafe, not_png, oversized = _Examples(), _Examples(), _Examples()
+    ignored = estimated_bytes = 0
+
+    def rows():
+        nonlocal ignored, estimated_bytes
+        for name, size, location in members:
+            if _unsafe_member_path(name):
+                unsafe.add(name)
+                continue
+            if name.endswith("/"):
+                continue
+            parts = name.split("/")
+            # macOS archive metadata and hidden files (.DS_Store) are never data.
+            if parts[0] == "__MACOSX" or parts[-1].startswith("."):
+                ignored += 1
+                continue
+            folder_at = next((i for i, part in enumerate(parts[:-1]) if part in ("images", "masks")), None)
+            if folder_at is None:
+                ignored += 1
+                continue
+            kind = parts[folder_at]
+            if len(prefixes[kind]) < 10:  # more than one is an error already
+                prefixes[kind].add("/".join(parts[:folder_at]))
+            if not parts[-1].lower().endswith(".png"):
+                not_png.add(name)
+            elif size > max_member_size:
+                oversized.add(f"{name} ({size} bytes)")
+            else:
+                estimated_bytes += size
+                yield split, kind, parts[-1][:-4], name, location
+
+    database.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?)", rows())
+    if unsafe.count:
         raise Aras400kError(
-            f"{where}: {len(unsafe)} member path(s) are absolute or contain '..': {_listing(unsafe)}. "
+            f"{where}: {unsafe.count} member path(s) are absolute or contain '..': {unsafe.listing()}. "
             "Refusing a zip that could write outside its folder."
         )
-    if not_png:
+    if not_png.count:
         raise Aras400kError(
-            f"{where}: {len(not_png)} file(s) in images/ or masks/ are not PNG: {_listing(not_png)}. "
+            f"{where}: {not_png.count} file(s) in images/ or masks/ are not PNG: {not_png.listing()}. "
             "ARAS400k images and masks are .png files."
         )
-    if oversized:
+    if oversized.count:
         raise Aras400kError(
-            f"{where}: {len(oversized)} member(s) declare an absurd size (limit {max_member_size} bytes for a "
-            f"256x256 patch): {_listing(oversized)}."
+            f"{where}: {oversized.count} member(s) declare an absurd size (limit {max_member_size} bytes for a "
+            f"256x256 patch): {oversized.listing()}."
         )
     all_prefixes = sorted(prefixes["images"] | prefixes["masks"])
-    if not found["images"] and not found["masks"]:
+    if not all_prefixes:
         raise Aras400kError(
-            f"{where}: empty split, no PNG files under an images/ or masks/ folder "
-            f"({ignored} other member(s) ignored)."
+            f"{where}: empty split, no PNG files under an images/ or masks/ folder ({ignored} other member(s) "
+            "ignored)."
         )
     for kind, other in (("images", "masks"), ("masks", "images")):
         if not prefixes[other]:
             shown = [prefix + "/" if prefix else "(root)" for prefix in sorted(prefixes[kind])]
             raise Aras400kError(f"{where}: found {kind}/ under {shown} but no {other}/ folder.")
-    if len(all_prefixes) > 1 or prefixes["images"] != prefixes["masks"]:
+    if len(all_prefixes) > 1:
         raise Aras400kError(
             f"{where}: expected one images/ and one masks/ folder side by side, found them under "
             f"{[prefix + '/' if prefix else '(root)' for prefix in all_prefixes]}."
         )
-    images, masks = found["images"], found["masks"]
-    duplicated = sorted(duplicates["images"] | duplicates["masks"])
-    images_only = sorted(images.keys() - masks.keys())
-    masks_only = sorted(masks.keys() - images.keys())
+
+    database.execute("CREATE INDEX IF NOT EXISTS members_by_stem ON members (split, kind, stem)")
+    database.execute(
+        "INSERT INTO duplicated SELECT DISTINCT split, stem FROM members WHERE split = ? "
+        "GROUP BY kind, stem HAVING COUNT(*) > 1",
+        (split,),
+    )
+    (images_only, images_listing), (masks_only, masks_listing), (duplicated, duplicated_listing) = (
+        _stems(database, query, split) for query in (_IMAGES_ONLY, _MASKS_ONLY, _DUPLICATED)
+    )
     if (duplicated or images_only or masks_only) and not skip_unpaired:
         problems = []
         if images_only:
-            problems.append(f"{len(images_only)} image(s) without a mask: {_listing(images_only)}")
+            problems.append(f"{images_only} image(s) without a mask: {images_listing}")
         if masks_only:
-            problems.append(f"{len(masks_only)} mask(s) without an image: {_listing(masks_only)}")
+            problems.append(f"{masks_only} mask(s) without an image: {masks_listing}")
         if duplicated:
-            problems.append(f"{len(duplicated)} stem(s) present more than once: {_listing(duplicated)}")
+            problems.append(f"{duplicated} stem(s) present more than once: {duplicated_listing}")
         raise Aras400kError(
             f"{where}: images and masks do not pair up by file name; " + "; ".join(problems) + ". "
             "Pass --skip_unpaired to leave them out."
         )
-    duplicated_set = set(duplicated)
-    pairs = [
-        (stem, *images[stem], *masks[stem])
-        for stem in sorted(images.keys() & masks.keys())
-        if stem not in duplicated_set
-    ]
-    if not pairs:
+    num_pairs = database.execute(
+        """INSERT INTO pairs
+        SELECT i.split, ROW_NUMBER() OVER (ORDER BY i.stem) - 1, i.stem, i.name, i.location, m.name, m.location
+        FROM members AS i JOIN members AS m ON m.split = i.split AND m.kind = 'masks' AND m.stem = i.stem
+        WHERE i.split = ? AND i.kind = 'images' AND i.stem NOT IN (SELECT stem FROM duplicated WHERE split = ?)""",
+        (split, split),
+    ).rowcount
+    database.commit()
+    if not num_pairs:
         raise Aras400kError(f"{where}: empty split, no image/mask pair left to convert.")
     return SplitIndex(
         source=source,
         prefix=all_prefixes[0],
-        pairs=pairs,
+        num_pairs=num_pairs,
         estimated_bytes=estimated_bytes,
-        skipped_unpaired=len(images_only) + len(masks_only),
-        skipped_duplicates=len(duplicated),
+        skipped_unpaired=images_only + masks_only,
+        skipped_duplicates=duplicated,
         ignored_members=ignored,
     )
 
@@ -514,7 +575,9 @@ class _ShardTask:
     split: str
     shard_index: int
     shard_path: Path
-    pairs: list[tuple[str, str, bytes, str, bytes]]
+    index_path: Path
+    start: int  # ranks [start, stop) of the split's pairs in the pair index
+    stop: int
     schema: pa.Schema
     unknown_to_ignore: bool
 
@@ -631,8 +694,15 @@ def _convert_shard(task: _ShardTask) -> _ShardResult:
         column_encoding={"image.bytes": "PLAIN", "label.bytes": "PLAIN"},
         write_statistics=False,
     )
+    # Each worker opens the index itself (read-only): SQLite connections must not cross a fork.
+    index = sqlite3.connect(f"{task.index_path.as_uri()}?mode=ro", uri=True)
+    pairs = index.execute(
+        "SELECT stem, image_name, image_location, mask_name, mask_location FROM pairs "
+        "WHERE split = ? AND rank >= ? AND rank < ? ORDER BY rank",
+        (task.split, task.start, task.stop),
+    )
     try:
-        for stem, image_path, image_location, mask_path, mask_location in task.pairs:
+        for stem, image_path, image_location, mask_path, mask_location in pairs:
             image_source, mask_source = f"{label_of}:{image_path}", f"{label_of}:{mask_path}"
             image_bytes = reader.read(image_path, image_location)
             size = check_png_image(image_bytes, image_source)
@@ -659,6 +729,7 @@ def _convert_shard(task: _ShardTask) -> _ShardResult:
     finally:
         writer.close()
         reader.close()
+        index.close()
     return _ShardResult(task.split, task.shard_index, num_examples, num_bytes, unknown_pixels)
 
 
@@ -700,6 +771,8 @@ class ConversionReport:
     splits: dict[str, SplitSummary]
     procedural_sample: bool
     seconds: float
+    cpu_seconds_main: float  # this process: checksums, indexing, card (and all the work when num_proc is 1)
+    cpu_seconds_workers: float  # worker processes, summed
 
     @property
     def num_examples(self) -> int:
@@ -710,6 +783,8 @@ class ConversionReport:
             "output_dir": str(self.output_dir),
             "procedural_sample": self.procedural_sample,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds_main": round(self.cpu_seconds_main, 3),
+            "cpu_seconds_workers": round(self.cpu_seconds_workers, 3),
             "num_examples": self.num_examples,
             "splits": {name: dataclasses.asdict(summary) for name, summary in self.splits.items()},
         }
@@ -731,24 +806,24 @@ class ConversionReport:
 def _plan_shards(indexes: dict[str, SplitIndex], max_shard_size: int, num_proc: int) -> dict[str, int]:
     """Shards per split: enough to keep each under `max_shard_size`, and at least `num_proc` shards overall."""
     counts = {
-        split: min(len(index.pairs), max(1, math.ceil(index.estimated_bytes / max_shard_size)))
+        split: min(index.num_pairs, max(1, math.ceil(index.estimated_bytes / max_shard_size)))
         for split, index in indexes.items()
     }
     while sum(counts.values()) < num_proc:
-        splittable = [s for s in counts if len(indexes[s].pairs) // (counts[s] + 1) >= 1]
+        splittable = [split for split in counts if indexes[split].num_pairs > counts[split]]
         if not splittable:
             break
-        largest = max(splittable, key=lambda s: len(indexes[s].pairs) / counts[s])
+        largest = max(splittable, key=lambda split: indexes[split].num_pairs / counts[split])
         counts[largest] += 1
     return counts
 
 
-def _shard_tasks(indexes, shard_counts, data_dir: Path, unknown_to_ignore: bool) -> list[_ShardTask]:
+def _shard_tasks(indexes, shard_counts, data_dir: Path, index_path: Path, unknown_to_ignore: bool) -> list[_ShardTask]:
     schema = dataset_features().arrow_schema
     tasks = []
     for split, index in indexes.items():
         count = shard_counts[split]
-        bounds = np.linspace(0, len(index.pairs), count + 1).round().astype(int)
+        bounds = np.linspace(0, index.num_pairs, count + 1).round().astype(int).tolist()
         for shard in range(count):
             tasks.append(
                 _ShardTask(
@@ -756,13 +831,15 @@ def _shard_tasks(indexes, shard_counts, data_dir: Path, unknown_to_ignore: bool)
                     split=split,
                     shard_index=shard,
                     shard_path=data_dir / f"{split}-{shard:05d}-of-{count:05d}.parquet",
-                    pairs=index.pairs[bounds[shard] : bounds[shard + 1]],
+                    index_path=index_path,
+                    start=bounds[shard],
+                    stop=bounds[shard + 1],
                     schema=schema,
                     unknown_to_ignore=unknown_to_ignore,
                 )
             )
     # Largest first, so that the last shard to finish is a small one.
-    return sorted(tasks, key=lambda task: -len(task.pairs))
+    return sorted(tasks, key=lambda task: task.start - task.stop)
 
 
 def _run_tasks(tasks: list[_ShardTask], num_proc: int, total: int) -> list[_ShardResult]:
@@ -844,7 +921,7 @@ def convert_aras400k(
     Bad input raises `Aras400kError` naming the file; `skip_unpaired` leaves out unpaired and duplicated stems,
     `unknown_to_ignore` maps unknown mask colours to 255.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), os.times()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir.exists() and not overwrite:
         raise Aras400kError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
@@ -857,14 +934,19 @@ def convert_aras400k(
     md5s = {}
     if verify_md5:
         md5s = _verify_checksums([s.path for s in sources.values() if s.kind == "zip"], expected_md5s(input_dir))
-    indexes = {split: index_split(source, skip_unpaired, max_member_size) for split, source in sources.items()}
-    shard_counts = _plan_shards(indexes, max_shard_size, num_proc)
-
     staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         (staging / "data").mkdir(parents=True)
-        tasks = _shard_tasks(indexes, shard_counts, staging / "data", unknown_to_ignore)
-        results = _run_tasks(tasks, num_proc, sum(len(index.pairs) for index in indexes.values()))
+        index_path = staging / "pair-index.sqlite"
+        with contextlib.closing(open_pair_index(index_path)) as database:
+            indexes = {
+                split: index_split(source, database, skip_unpaired, max_member_size)
+                for split, source in sources.items()
+            }
+        shard_counts = _plan_shards(indexes, max_shard_size, num_proc)
+        tasks = _shard_tasks(indexes, shard_counts, staging / "data", index_path, unknown_to_ignore)
+        results = _run_tasks(tasks, num_proc, sum(index.num_pairs for index in indexes.values()))
+        index_path.unlink()
         summaries = {}
         for split, index in indexes.items():
             split_results = [result for result in results if result.split == split]
@@ -892,7 +974,16 @@ def convert_aras400k(
         _replace_folder(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ConversionReport(output_dir, summaries, procedural, time.perf_counter() - start)
+    cpu = os.times()
+    return ConversionReport(
+        output_dir,
+        summaries,
+        procedural,
+        seconds=time.perf_counter() - start,
+        cpu_seconds_main=cpu.user + cpu.system - cpu_start.user - cpu_start.system,
+        # Finished worker processes have been joined, so their time is in this process's children's time.
+        cpu_seconds_workers=cpu.children_user + cpu.children_system - cpu_start.children_user - cpu_start.children_system,
+    )
 
 
 def _verify_checksums(zip_paths: list[Path], expected: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
@@ -1204,6 +1295,7 @@ __all__ = [
     "id2label",
     "index_split",
     "md5_file",
+    "open_pair_index",
     "parse_patch_name",
     "prepare_embedded_sample",
     "push_dataset_to_hub",
