@@ -176,6 +176,11 @@ def open_source(path: str | os.PathLike):
             if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
             array = np.array(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{path}: too large to load whole as an image ({error}); write large scenes as GeoTIFF, which is read "
+            "window by window."
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{path}: cannot read it as an image ({error}).") from error
     # PIL's band layouts are known: grey (+ alpha) or RGB (+ alpha).
@@ -1059,13 +1064,13 @@ def predict_paths(
 ) -> list[dict]:
     """`predict_file` over files and folders; every input is checked before any prediction starts."""
     files = expand_inputs(inputs)
-    predictor = load_predictor(model, trust_remote_code=trust_remote_code, num_threads=num_threads)
     with _maybe_rasterio_env():
         plans = [_plan(path, output_dir, bands, scaling, tile_size, overlap, overwrite) for path in files]
         targets = [str(p) for plan in plans for p in plan.outputs.values()]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
             raise ValueError(f"Several inputs would write the same outputs ({', '.join(duplicates)}): rename them.")
+        predictor = load_predictor(model, trust_remote_code=trust_remote_code, num_threads=num_threads)
         return [
             _run_plan(plan, predictor, scaling, tile_size, overlap, batch_size, preview_size, progress) for plan in plans
         ]
