@@ -751,6 +751,7 @@ class SplitSummary:
 
     split: str
     source: str
+    member_prefix: str  # where images/ and masks/ were found in the zip or folder
     num_examples: int
     num_shards: int
     num_bytes: int
@@ -953,6 +954,7 @@ def convert_aras400k(
             summaries[split] = SplitSummary(
                 split=split,
                 source=str(index.source.path),
+                member_prefix=index.prefix,
                 num_examples=sum(result.num_examples for result in split_results),
                 num_shards=shard_counts[split],
                 num_bytes=sum(result.num_bytes for result in split_results),

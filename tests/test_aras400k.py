@@ -94,6 +94,7 @@ def test_real_zips_round_trip_through_load_dataset(s2glc_sample, tmp_path, prefi
 
     assert {name: s.num_examples for name, s in report.splits.items()} == {"train": 20, "validation": 8}
     assert report.splits["train"].md5_checked_against.endswith("md5sums.txt")
+    assert report.splits["validation"].member_prefix == prefix.format(split="val").rstrip("/")
     assert sorted(p.name for p in output.iterdir()) == ["README.md", "data", "id2label.json"]
     assert not list(tmp_path.glob(".*")), "staging folder left behind"
     assert_dataset_matches_source(output, s2glc_sample, streaming=False)
