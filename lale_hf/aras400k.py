@@ -591,6 +591,12 @@ class _ShardResult:
     unknown_pixels: int
 
 
+@dataclasses.dataclass
+class _ShardFailure:
+    bad_input: bool  # an Aras400kError (bad input) rather than a bug or a system error
+    detail: str
+
+
 def check_png_image(data: bytes, source: str) -> tuple[int, int]:
     """Checks that `data` is a complete 8-bit RGB PNG (signature, IHDR, chunk CRCs, IEND); returns (width, height).
 
@@ -670,12 +676,6 @@ def _worker_loop(task_queue, result_queue, counter):
             detail = str(error) if isinstance(error, Aras400kError) else traceback.format_exc()
             result_queue.put(_ShardFailure(isinstance(error, Aras400kError), detail))
             return
-
-
-@dataclasses.dataclass
-class _ShardFailure:
-    bad_input: bool
-    detail: str
 
 
 def _convert_shard(task: _ShardTask) -> _ShardResult:
