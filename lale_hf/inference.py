@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +121,13 @@ class RasterioSource:
             raise ValueError(f"{path}: cannot read it as a raster ({error}).") from error
         dataset = self.dataset
         self.height, self.width, self.count = dataset.height, dataset.width, dataset.count
-        if len(set(dataset.dtypes)) != 1:
-            raise ValueError(f"{path}: bands of different data types {dataset.dtypes} are not supported.")
+        try:
+            _check_size(self.name, self.height, self.width)
+            if len(set(dataset.dtypes)) != 1:
+                raise ValueError(f"{path}: bands of different data types {dataset.dtypes} are not supported.")
+        except ValueError:
+            dataset.close()
+            raise
         self.dtype = np.dtype(dataset.dtypes[0])
         self.crs = dataset.crs
         self.transform = dataset.transform
@@ -132,7 +138,6 @@ class RasterioSource:
             self.default_bands = tuple(names.index(color) + 1 for color in ("red", "green", "blue"))
         else:
             self.default_bands = _default_bands_by_count(self.count)
-        _check_size(self.name, self.height, self.width)
 
     def read(self, bands: Sequence[int], row: int, col: int, height: int, width: int) -> np.ndarray:
         from rasterio.windows import Window
@@ -585,11 +590,24 @@ def _read_tile(source, bands, scaling: Scaling, grid: TileGrid, y: int, x: int) 
 
 
 def _batches(source, bands, scaling, grid, predictor, batch_size) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Batches of tiles and their logits, in raster order.
+
+    The model runs in a worker thread one batch ahead, so reading the next batch and blending and writing the
+    previous one overlap with inference (which releases the GIL). Reads stay in this thread: raster handles are not
+    thread-safe.
+    """
     tiles = [(y, x) for y in grid.ys for x in grid.xs]
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
-        yield chunk, predictor(pixel_values)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        running = None
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
+            submitted = (chunk, worker.submit(predictor, pixel_values))
+            if running is not None:
+                yield running[0], running[1].result()
+            running = submitted
+        if running is not None:
+            yield running[0], running[1].result()
 
 
 def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int) -> np.ndarray:
