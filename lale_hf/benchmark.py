@@ -203,16 +203,21 @@ class PeakTensorMemory(TorchDispatchMode):
 
 
 def peak_memory_bytes(step: Callable[[], object], existing: Iterable[torch.Tensor], device: torch.device) -> int:
-    """Peak tensor memory of one call of `step` (CUDA: the caching allocator's own peak)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    with PeakTensorMemory(existing) as tracker:
-        step()
-    return tracker.peak
+    """Peak tensor memory of one call of `step`, the `existing` tensors (weights, inputs, optimizer state) included.
+
+    On CUDA, the caching allocator's peak, less what other models held before the call.
+    """
+    if device.type != "cuda":
+        with PeakTensorMemory(existing) as tracker:
+            step()
+        return tracker.peak
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in existing}
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before + sum(storages.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -553,6 +558,9 @@ def environment(settings: BenchmarkSettings) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
+        # On CUDA, "fp32" convolutions run in TF32 unless these say otherwise.
+        "cuda_float32_matmul_precision": torch.get_float32_matmul_precision() if settings.device == "cuda" else None,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if settings.device == "cuda" else None,
     }
 
 
@@ -585,7 +593,10 @@ def run_benchmark(settings: BenchmarkSettings, turn=contextlib.nullcontext, log:
                 warm_up(task, settings.warmup_calls, settings.min_seconds, synchronize)
         run["setup_seconds"] = time.perf_counter() - started
         log(f"[timing] {settings.rounds} interleaved rounds")
+        # Other processes on the machine slow eager code unevenly (threads wait at barriers): record the load.
+        run["load_average"] = {"before_timing": _load_average()}
         run_rounds(tasks, settings.rounds, synchronize, turn)
+        run["load_average"]["after_timing"] = _load_average()
 
     for task in tasks:
         task.record.update(median=statistics.median(task.samples), samples=task.samples, calls_per_sample=task.calls)
@@ -596,6 +607,10 @@ def run_benchmark(settings: BenchmarkSettings, turn=contextlib.nullcontext, log:
     }
     run["wall_seconds"] = time.perf_counter() - started
     return run
+
+
+def _load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _setup_model(name, settings, device, synchronize, folder, run, log) -> list[Task]:
@@ -817,6 +832,8 @@ def equal_budget_commands(
 ) -> list[tuple[str, list[str], Path]]:  # fmt: skip
     """One `accelerate launch scripts/train.py` per model: same data, seed and wall-clock budget.
 
+    The budget must be what stops training, and the learning rate must not follow a step count that the budget cuts
+    short: hence an epoch count no run reaches and a constant schedule (`extra_args` come last and can override).
     Writes each model's `config.json` to `output_dir/NAME/config`; returns (name, command, all_results.json path).
     """
     if not minutes > 0:
@@ -827,7 +844,8 @@ def equal_budget_commands(
         zoo_config(name).save_pretrained(config_dir)
         command = [
             "accelerate", "launch", train_script, "--config_name", str(config_dir), "--dataset_name", dataset_name,
-            "--output_dir", str(run_dir), "--seed", str(seed), "--max_train_minutes", f"{minutes:g}", *extra_args,
+            "--output_dir", str(run_dir), "--seed", str(seed), "--max_train_minutes", f"{minutes:g}",
+            "--num_train_epochs", "100000", "--lr_scheduler_type", "constant_with_warmup", *extra_args,
         ]  # fmt: skip
         commands.append((name, command, run_dir / "all_results.json"))
     return commands
@@ -860,6 +878,12 @@ def build_report(runs: list[dict], accuracy: dict | None = None, reference: str 
         first, second = (run["environment"]["allocator"] for run in runs)
         report["allocator_comparison"] = {"numerator": second, "denominator": first, "ratios": compare_runs(runs[1], runs[0])}
     return report
+
+
+def _fmt_load(run: dict) -> str:
+    load = run.get("load_average") or {}
+    values = [load.get(k) for k in ("before_timing", "after_timing")]
+    return "unknown" if None in values else f"{values[0]:.1f} before timing, {values[1]:.1f} after"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -936,7 +960,8 @@ def render_markdown(report: dict) -> str:
             f"torch {env['torch']}, transformers {env['transformers']}, onnxruntime {env['onnxruntime']}. "
             f"Random weights, {settings['image_size']}x{settings['image_size']} inputs, 7 classes; "
             f"{settings['rounds']} interleaved rounds, medians. Throughput in images/s. GMACs = FLOPs / 2 (torch's "
-            f"FLOP counter). Run time {run['wall_seconds'] / 60:.1f} min, of which setup {run['setup_seconds'] / 60:.1f}.",
+            f"FLOP counter). Run time {run['wall_seconds'] / 60:.1f} min, of which setup {run['setup_seconds'] / 60:.1f}. "
+            f"1-minute load average {_fmt_load(run)} on {env['logical_cpus']} logical CPUs (this run included).",
             "",
         ]  # fmt: skip
         for dtype in settings["dtypes"]:

@@ -184,9 +184,10 @@ def synthetic_run() -> dict:
     settings = {"models": ["lale-tiny", "segformer-b0"], "dtypes": ["fp32"], "inference_batch_sizes": [16],
                 "train_batch_size": 8, "image_size": 256, "rounds": 3}  # fmt: skip
     environment = {"device": "cpu", "threads": 2, "allocator": "glibc", "date": "2026-01-01T00:00:00", "torch": "t",
-                   "transformers": "t", "onnxruntime": "o"}  # fmt: skip
+                   "transformers": "t", "onnxruntime": "o", "logical_cpus": 2}  # fmt: skip
     return {"environment": environment, "settings": settings, "models": models, "measurements": measurements,
-            "matmul": [peak], "matmul_peak": {"fp32": peak}, "setup_seconds": 1.0, "wall_seconds": 2.0}  # fmt: skip
+            "matmul": [peak], "matmul_peak": {"fp32": peak}, "setup_seconds": 1.0, "wall_seconds": 2.0,
+            "load_average": {"before_timing": 1.5, "after_timing": 2.5}}  # fmt: skip
 
 
 def test_summary_ratios_fractions_and_targets_from_known_samples():
@@ -223,7 +224,7 @@ def test_report_renders_every_section_and_compares_allocators():
     assert {r["median"] for r in comparison["ratios"]} == {2.0}
     markdown = render_markdown(report)
     for text in ("allocator glibc", "allocator tcmalloc", "| lale-tiny | 1.632 | 6.54 | 0.300 |", "4.00x [",
-                 "mismatch", "### Targets (fp32)", "## Allocator: tcmalloc over glibc", "70.00", "55.00"):  # fmt: skip
+                 "mismatch", "### Targets (fp32)", "load average 1.5 before timing, 2.5 after on 2", "## Allocator: tcmalloc over glibc", "70.00", "55.00"):  # fmt: skip
         assert text in markdown, text
     json.dumps(report)
 
@@ -282,14 +283,15 @@ def test_equal_budget_commands_use_train_py_flags_and_loadable_configs(tmp_path)
     assert command[:3] == ["accelerate", "launch", "scripts/train.py"] and command[-2:] == ["--loss", "dice"]
     flags = dict(zip(command[3:-2:2], command[4:-2:2]))
     assert flags == {"--config_name": str(tmp_path / name / "config"), "--dataset_name": "data/s2glc",
-                     "--output_dir": str(tmp_path / name / "run"), "--seed": "42", "--max_train_minutes": "30"}  # fmt: skip
+                     "--output_dir": str(tmp_path / name / "run"), "--seed": "42", "--max_train_minutes": "30",
+                     "--num_train_epochs": "100000", "--lr_scheduler_type": "constant_with_warmup"}  # fmt: skip
     assert AutoConfig.from_pretrained(flags["--config_name"]).model_type == "upernet"
     assert AutoConfig.from_pretrained(tmp_path / "lale-tiny" / "config").model_type == "lale"
     with pytest.raises(ValueError):
         equal_budget_commands(["lale-tiny"], "d", tmp_path, 0, 42)
     # The flags the recipe relies on exist in scripts/train.py.
     train_help = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--help"], capture_output=True, text=True)
-    for flag in ("--config_name", "--dataset_name", "--output_dir", "--seed", "--max_train_minutes"):
+    for flag in flags:
         assert flag in train_help.stdout
 
 
