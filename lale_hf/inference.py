@@ -18,7 +18,6 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -590,24 +589,12 @@ def _read_tile(source, bands, scaling: Scaling, grid: TileGrid, y: int, x: int) 
 
 
 def _batches(source, bands, scaling, grid, predictor, batch_size) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-    """Batches of tiles and their logits, in raster order.
-
-    The model runs in a worker thread one batch ahead, so reading the next batch and blending and writing the
-    previous one overlap with inference (which releases the GIL). Reads stay in this thread: raster handles are not
-    thread-safe.
-    """
+    """Batches of tiles, in raster order, and their logits."""
     tiles = [(y, x) for y in grid.ys for x in grid.xs]
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        running = None
-        for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
-            pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
-            submitted = (chunk, worker.submit(predictor, pixel_values))
-            if running is not None:
-                yield running[0], running[1].result()
-            running = submitted
-        if running is not None:
-            yield running[0], running[1].result()
+    for start in range(0, len(tiles), batch_size):
+        chunk = tiles[start : start + batch_size]
+        pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
+        yield chunk, predictor(pixel_values)
 
 
 def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int) -> np.ndarray:
