@@ -29,7 +29,7 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from .file_utils import replace_folder, write_text_atomic
 from .image_processing_lale import color_mask_to_label_map
 
 
@@ -165,7 +166,7 @@ def write_md5_list(directory: str | os.PathLike, file_names: Iterable[str], list
     """Writes an `md5sum`-format list of `file_names` in `directory` (atomically) and returns its path."""
     directory = Path(directory)
     lines = [f"{md5_file(directory / name)}  {name}\n" for name in sorted(file_names)]
-    return _write_text_atomic(directory / list_name, "".join(lines))
+    return write_text_atomic(directory / list_name, "".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -973,7 +974,7 @@ def convert_aras400k(
         procedural = (input_dir / SAMPLE_MARKER).is_file()
         (staging / "README.md").write_text(render_dataset_card(summaries, procedural), encoding="utf-8")
         (staging / "id2label.json").write_text(json.dumps(id2label(), indent=2) + "\n", encoding="utf-8")
-        _replace_folder(staging, output_dir)
+        replace_folder(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     cpu = os.times()
@@ -1007,28 +1008,6 @@ def _verify_checksums(zip_paths: list[Path], expected: dict[str, tuple[str, str]
                 )
             verified[path.name] = (got, origin)
     return verified
-
-
-def _replace_folder(staging: Path, output_dir: Path):
-    """Moves the finished staging folder to `output_dir`, replacing an old one only once the new one is complete."""
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-        return
-    retired = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.replace(output_dir, retired)
-    try:
-        os.replace(staging, output_dir)
-    except BaseException:
-        os.replace(retired, output_dir)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------

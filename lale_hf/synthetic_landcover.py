@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .aras400k import SAMPLE_MARKER, SPLIT_SOURCES, _replace_folder, write_md5_list, write_split_zip
+from .aras400k import SAMPLE_MARKER, SPLIT_SOURCES, write_md5_list, write_split_zip
+from .file_utils import replace_folder
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
 
 
@@ -286,7 +287,7 @@ def generate_sample(
             "note": "Procedural stand-in in the ARAS400k format, for plumbing and demos; not satellite data.",
         }
         (staging / SAMPLE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(staging, output_dir)
+        replace_folder(staging, output_dir)
     finally:
         if pool is not None:
             pool.terminate()

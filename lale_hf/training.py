@@ -4,7 +4,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,19 +151,6 @@ def segmentation_loss(
     if "dice" in loss_type.split("+"):
         loss = loss + dice_loss(logits, labels, ignore_index)
     return loss
-
-
-def replace_directory(source: str | os.PathLike, destination: str | os.PathLike):
-    """Moves a finished folder into place; a reader never sees a half-written destination."""
-    destination = Path(destination)
-    if destination.exists():
-        stale = destination.with_name(destination.name + ".old")
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(destination, stale)
-        os.replace(source, destination)
-        shutil.rmtree(stale)
-    else:
-        os.replace(source, destination)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:

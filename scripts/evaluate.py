@@ -9,7 +9,6 @@ Runs on one or several processes; every sample is counted exactly once.
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from accelerate import Accelerator
 from transformers import AutoModelForSemanticSegmentation
 
 import lale_hf  # noqa: F401  (registers LALE with the Auto classes)
+from lale_hf.file_utils import write_text_atomic
 from lale_hf.training import (
     SegmentationDataset,
     evaluate,
@@ -64,9 +64,8 @@ def main(argv=None):
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
-        partial = output_dir / ".eval_results.json.partial"
-        partial.write_text(json.dumps(json_ready({**results, "split": args.split, "model": args.model_name_or_path}), indent=2))
-        os.replace(partial, output_dir / "eval_results.json")
+        summary = json_ready({**results, "split": args.split, "model": args.model_name_or_path})
+        write_text_atomic(output_dir / "eval_results.json", json.dumps(summary, indent=2))
         width = max(len(name) for name in id2label.values())
         print(f"{args.split}: {results['num_samples']} samples")
         print(f"{'class':<{width}}  F1      IoU")

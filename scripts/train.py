@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, get_scheduler
 
 from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf.file_utils import replace_folder, write_text_atomic
 from lale_hf.model_card import build_model_card
 from lale_hf.training import (
     OverheadAugmentation,
@@ -35,7 +36,6 @@ from lale_hf.training import (
     json_ready,
     list_checkpoints,
     load_segmentation_splits,
-    replace_directory,
     save_confusion_matrix_plot,
     segmentation_loss,
 )
@@ -222,7 +222,7 @@ def main(argv=None):
         accelerator.save_state(str(partial))
         if accelerator.is_main_process:
             state.save(partial)
-            replace_directory(partial, final)
+            replace_folder(partial, final)
             if args.checkpoints_total_limit:
                 for stale in list_checkpoints(output_dir)[: -args.checkpoints_total_limit]:
                     shutil.rmtree(stale)
@@ -254,7 +254,7 @@ def main(argv=None):
             accelerator.unwrap_model(model).save_pretrained(partial)
             processor.save_pretrained(partial)
             (partial / "eval_results.json").write_text(json.dumps(json_ready(results), indent=2))
-            replace_directory(partial, folder)
+            replace_folder(partial, folder)
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"  Num examples = {len(train_dataset)}, epochs = {num_train_epochs}, total batch = {total_batch_size}")
@@ -339,9 +339,7 @@ def main(argv=None):
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )
         card.save(output_dir / "README.md")
-        partial = output_dir / ".all_results.json.partial"
-        partial.write_text(json.dumps(results, indent=2))
-        os.replace(partial, output_dir / "all_results.json")
+        write_text_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))
         if args.push_to_hub:
             push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
         accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")
