@@ -11,6 +11,11 @@ from transformers import (
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE, LALE_PRESETS, LaleConfig
 from .image_processing_lale import LaleImageProcessor, color_mask_to_label_map, colorize_label_map, scale_to_uint8
 from .modeling_lale import LaleBackbone, LaleForSemanticSegmentation, LaleModel, LalePreTrainedModel
+from .aras400k import convert_aras400k
+from .inference import predict_file, predict_image, predict_paths
+from .metrics import SegmentationMetrics
+from .onnx_export import export_onnx
+from .synthetic_landcover import generate_sample
 
 
 __version__ = "0.1.0"
@@ -38,7 +43,14 @@ __all__ = [
     "LaleImageProcessor",
     "LaleModel",
     "LalePreTrainedModel",
+    "SegmentationMetrics",
     "color_mask_to_label_map",
     "colorize_label_map",
+    "convert_aras400k",
+    "export_onnx",
+    "generate_sample",
+    "predict_file",
+    "predict_image",
+    "predict_paths",
     "scale_to_uint8",
 ]
