@@ -30,7 +30,7 @@ def export_onnx(
     output_path: str | os.PathLike,
     image_processor=None,
     opset_version: int = 18,
-    example_size: tuple[int, int] = (256, 256),
+    example_size: int | tuple[int, int] = 256,
     model_name: str | None = None,
 ) -> Path:
     """Writes `model` as one self-contained ONNX file with dynamic batch, height and width.
@@ -49,15 +49,17 @@ def export_onnx(
         raise ValueError(f"--output {output_path}: expected a file name ending in .onnx.")
     processor = image_processor if image_processor is not None else LaleImageProcessor()
     model = model.eval()
-    example = torch.zeros(2, 3, *example_size)
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
+    height, width = (example_size, example_size) if isinstance(example_size, int) else example_size
+    # Tracing size only: the exported axes are dynamic.
+    example = torch.zeros(2, 3, height, width)
+    axes = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     program = torch.onnx.export(
         _LogitsOnly(model).eval(),
         (example,),
         dynamo=True,
         input_names=["pixel_values"],
         output_names=["logits"],
-        dynamic_shapes={"pixel_values": {0: batch, 2: height, 3: width}},
+        dynamic_shapes={"pixel_values": axes},
         opset_version=opset_version,
         verbose=False,
     )
