@@ -145,7 +145,9 @@ class RasterioSource:
         try:
             data = self.dataset.read(indexes=unique, window=Window(col, row, width, height))
         except _import_rasterio().errors.RasterioError as error:
-            raise ValueError(f"{self.name}: cannot read rows {row}-{row + height}, columns {col}-{col + width} ({error}).") from error
+            raise ValueError(
+                f"{self.name}: cannot read rows {row}-{row + height}, columns {col}-{col + width} ({error})."
+            ) from error
         return np.moveaxis(data, 0, -1)[..., [unique.index(band) for band in bands]]
 
     def close(self):
@@ -382,7 +384,9 @@ class Predictor:
 
     backend = "none"
 
-    def __init__(self, name: str, id2label: dict, image_mean, image_std, rescale_factor=1 / 255, do_rescale=True, do_normalize=True):
+    def __init__(
+        self, name: str, id2label: dict, image_mean, image_std, rescale_factor=1 / 255, do_rescale=True, do_normalize=True
+    ):
         self.name = name
         self.id2label = {int(key): value for key, value in id2label.items()}
         self.preprocessing = {
@@ -469,7 +473,10 @@ def load_predictor(model, trust_remote_code: bool = False, num_threads: int | No
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor(path, num_threads=num_threads)
     if path.is_file():
-        raise ValueError(f"--model {reference}: a file that is not an .onnx model; expected a checkpoint folder, a Hub id or an .onnx file.")
+        raise ValueError(
+            f"--model {reference}: a file that is not an .onnx model; expected a checkpoint folder, a Hub id or an "
+            ".onnx file."
+        )
     if path.is_dir() and not (path / "config.json").is_file():
         raise ValueError(f"--model {reference}: the folder holds no config.json; expected a saved checkpoint.")
     looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", reference) is not None and not reference.startswith(".")
@@ -620,9 +627,8 @@ def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, ro
         left = max(col0 // OUTPUT_STRIDE - 1, 0)
         right = min((col1 - 1) // OUTPUT_STRIDE + 2, cells_wide)
         block = rows[:, :, left:right]
-        upsampled = torch.nn.functional.interpolate(
-            block[None], size=(block.shape[1] * OUTPUT_STRIDE, block.shape[2] * OUTPUT_STRIDE), mode="bilinear", align_corners=False
-        )[0]
+        size = (block.shape[1] * OUTPUT_STRIDE, block.shape[2] * OUTPUT_STRIDE)
+        upsampled = torch.nn.functional.interpolate(block[None], size=size, mode="bilinear", align_corners=False)[0]
         crop = upsampled[
             :,
             row0 - top * OUTPUT_STRIDE : row1 - top * OUTPUT_STRIDE,
@@ -954,7 +960,9 @@ def _plan(path, output_dir, bands, scaling, tile_size, overlap, overwrite) -> _P
     if not overwrite:
         existing = [str(p) for p in outputs.values() if p.exists()]
         if existing:
-            raise FileExistsError(f"{path}: outputs already exist ({', '.join(existing)}); pass --overwrite to replace them.")
+            raise FileExistsError(
+                f"{path}: outputs already exist ({', '.join(existing)}); pass --overwrite to replace them."
+            )
     return _Plan(Path(path), band_indexes, method, outputs)
 
 

@@ -76,7 +76,8 @@ def render_legend(
     for idx, text in enumerate(texts):
         y = top + idx * line_height + (line_height - swatch) // 2
         draw.rectangle([pad, y, pad + swatch, y + swatch], fill=tuple(palette[idx]), outline=(60, 60, 60))
-        draw.text((pad * 2 + swatch, top + idx * line_height + (line_height - font_size) // 2), text, fill=(0, 0, 0), font=font)
+        text_y = top + idx * line_height + (line_height - font_size) // 2
+        draw.text((pad * 2 + swatch, text_y), text, fill=(0, 0, 0), font=font)
     return image
 
 
