@@ -14,8 +14,8 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
-import sys
 import tempfile
 import time
 import weakref
@@ -266,6 +266,9 @@ def onnx_session(model: nn.Module, folder: str, threads: int, device: torch.devi
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # The arena keeps every session's peak activations for the session's life: with all zoo models alive at once
+    # that held 2.5 GB more for three of them. Without it ONNX Runtime allocates from the process's malloc, as torch.
+    options.enable_cpu_mem_arena = False
     return onnxruntime.InferenceSession(str(path), options, providers=[provider])
 
 
@@ -606,6 +609,7 @@ def run_benchmark(settings: BenchmarkSettings, turn=contextlib.nullcontext, log:
         dtype: max((m for m in run["matmul"] if m["dtype"] == dtype), key=lambda m: m["median"]) for dtype in settings.dtypes
     }
     run["wall_seconds"] = time.perf_counter() - started
+    run["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     return run
 
 
@@ -961,7 +965,8 @@ def render_markdown(report: dict) -> str:
             f"Random weights, {settings['image_size']}x{settings['image_size']} inputs, 7 classes; "
             f"{settings['rounds']} interleaved rounds, medians. Throughput in images/s. GMACs = FLOPs / 2 (torch's "
             f"FLOP counter). Run time {run['wall_seconds'] / 60:.1f} min, of which setup {run['setup_seconds'] / 60:.1f}. "
-            f"1-minute load average {_fmt_load(run)} on {env['logical_cpus']} logical CPUs (this run included).",
+            f"1-minute load average {_fmt_load(run)} on {env['logical_cpus']} logical CPUs (this run included); "
+            f"process peak RSS {run.get('peak_rss_mb', math.nan):.0f} MB.",
             "",
         ]  # fmt: skip
         for dtype in settings["dtypes"]:
