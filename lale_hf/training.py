@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 
@@ -103,22 +103,51 @@ class SegmentationDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict:
-        example = self.split[index]
+        return self.prepare(self.split[index], (self.seed, self.epoch, index))
+
+    def prepare(self, example: dict, rng_key: tuple) -> dict:
+        """One example as normalised tensors, augmented with a generator seeded by `rng_key` when training."""
         image = np.asarray(example["image"].convert("RGB"))
         label = np.asarray(example["label"])
         if label.ndim != 2:
             raise ValueError(
-                f"Sample {example.get('name', index)}: `label` must be a single-band class-index image, "
+                f"Sample {example.get('name', rng_key[-1])}: `label` must be a single-band class-index image, "
                 f"got shape {label.shape}."
             )
         if self.augmentation is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            image, label = self.augmentation(image, label, rng)
+            image, label = self.augmentation(image, label, np.random.default_rng(rng_key))
         elif image.shape[:2] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
             label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
         return {"pixel_values": normalize(image, self.mean, self.std), "labels": torch.from_numpy(label.astype(np.int64))}
+
+
+class StreamingSegmentationDataset(IterableDataset):
+    """A streamed (`datasets.IterableDataset`) split, shuffled with a buffer and sharded per process.
+
+    For data that does not fit on disk or in memory: nothing is downloaded or decoded ahead of use. The order is a
+    function of (seed, epoch), and each example's augmentation of (seed, epoch, position), so a resumed run that
+    skips the batches it had already seen replays the stream exactly.
+    """
+
+    def __init__(self, stream, image_size: int, augmentation: OverheadAugmentation | None, seed: int = 0,
+                 shuffle_buffer_size: int = 1000, process_index: int = 0, num_processes: int = 1):
+        from datasets.distributed import split_dataset_by_node
+
+        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes)
+        self.examples = SegmentationDataset(None, image_size, augmentation, seed=seed)
+        self.process_index = process_index
+
+    def set_epoch(self, epoch: int):
+        self.examples.set_epoch(epoch)
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self):
+        seed, epoch = self.examples.seed, self.examples.epoch
+        for position, example in enumerate(self.stream):
+            yield self.examples.prepare(example, (seed, epoch, self.process_index, position))
 
 
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, eps: float = 1.0) -> torch.Tensor:
@@ -201,14 +230,16 @@ def _read_id2label(dataset_name: str) -> dict[int, str] | None:
     return {int(k): v for k, v in json.loads(text).items()}
 
 
-def load_segmentation_splits(dataset_name: str, splits: list[str]) -> tuple[dict, dict[int, str]]:
-    """Loads and checks the named splits of a dataset; returns them with the dataset's id2label.
+def load_segmentation_splits(
+    dataset_name: str, splits: list[str], streaming: bool = False
+) -> tuple[dict, dict[int, str]]:
+    """Loads and checks the named splits of a dataset (streamed if asked); returns them with its id2label.
 
     Errors name what is missing: a split, the `image`/`label` columns, or the class names (`id2label.json`).
     """
     from datasets import load_dataset
 
-    dataset = load_dataset(dataset_name)
+    dataset = load_dataset(dataset_name, streaming=streaming)
     for split in splits:
         if split not in dataset:
             raise SystemExit(f"error: {dataset_name} has no split {split!r}; it has {sorted(dataset)}")

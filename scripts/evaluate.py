@@ -64,7 +64,9 @@ def main(argv=None):
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
-        summary = json_ready({**results, "split": args.split, "model": args.model_name_or_path})
+        summary = json_ready({
+            **results, "split": args.split, "model": args.model_name_or_path, "num_processes": accelerator.num_processes
+        })
         write_text_atomic(output_dir / "eval_results.json", json.dumps(summary, indent=2))
         width = max(len(name) for name in id2label.values())
         print(f"{args.split}: {results['num_samples']} samples")

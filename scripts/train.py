@@ -30,6 +30,7 @@ from lale_hf.model_card import build_model_card
 from lale_hf.training import (
     OverheadAugmentation,
     SegmentationDataset,
+    StreamingSegmentationDataset,
     TrainingState,
     evaluate,
     first_samples,
@@ -56,6 +57,9 @@ def parse_args(argv=None):
     data.add_argument("--max_eval_samples", type=int)
     data.add_argument("--image_size", type=int, default=256)
     data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--streaming", action="store_true",
+                      help="Stream the training splits (sharded per process); needs --max_train_steps.")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of --streaming.")
     data.add_argument("--no_augmentation", action="store_true", help="Disable flips/rotations, scale/crop, jitter.")
     data.add_argument("--scale_range", type=float, nargs=2, default=(0.75, 1.5))
 
@@ -103,6 +107,9 @@ def parse_args(argv=None):
         parser.error("give exactly one of --preset, --model_name_or_path, --config_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. org/lale-tiny)")
+    if args.streaming and (args.max_train_steps is None or args.checkpointing_steps == "epoch" or args.max_train_samples):
+        parser.error("--streaming needs --max_train_steps (a stream has no length), and takes neither "
+                     "--checkpointing_steps epoch nor --max_train_samples")
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
         parser.error(f"--checkpointing_steps must be 'epoch' or a positive integer, got {args.checkpointing_steps!r}")
     return args
@@ -150,8 +157,13 @@ def main(argv=None):
 
     # Data: every check runs before the model is built, so a bad argument fails at once.
     train_splits = [args.train_split] + ([args.synthetic_split] if args.include_synthetic else [])
-    splits, id2label = load_segmentation_splits(args.dataset_name, [*train_splits, args.validation_split])
-    train_split = first_samples(datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples)
+    if args.streaming:
+        streams, id2label = load_segmentation_splits(args.dataset_name, train_splits, streaming=True)
+        splits, _ = load_segmentation_splits(args.dataset_name, [args.validation_split])
+        train_split = datasets.concatenate_datasets([streams[s] for s in train_splits])
+    else:
+        splits, id2label = load_segmentation_splits(args.dataset_name, [*train_splits, args.validation_split])
+        train_split = first_samples(datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples)
     eval_split = first_samples(splits[args.validation_split], args.max_eval_samples)
     if args.class_weights and len(args.class_weights) != len(id2label):
         raise SystemExit(f"error: --class_weights has {len(args.class_weights)} values for {len(id2label)} classes")
@@ -162,12 +174,18 @@ def main(argv=None):
     augmentation = None if args.no_augmentation else OverheadAugmentation(
         crop_size=args.image_size, scale_range=tuple(args.scale_range), ignore_index=255
     )
-    train_dataset = SegmentationDataset(train_split, args.image_size, augmentation, seed=args.seed)
+    if args.streaming:
+        train_dataset = StreamingSegmentationDataset(
+            train_split, args.image_size, augmentation, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+            process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+        )
+    else:
+        train_dataset = SegmentationDataset(train_split, args.image_size, augmentation, seed=args.seed)
     eval_dataset = SegmentationDataset(eval_split, args.image_size)
     # Own generators: creating a loader iterator must not draw from the global RNG that dropout and drop-path use,
     # or a resumed run (which creates one more iterator) would diverge from an uninterrupted one.
     train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+        train_dataset, batch_size=args.per_device_train_batch_size, shuffle=not args.streaming, drop_last=True,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = torch.utils.data.DataLoader(
@@ -182,19 +200,27 @@ def main(argv=None):
     ]
     optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate)
 
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    if steps_per_epoch == 0:
-        raise SystemExit("error: the training split is smaller than one batch per process")
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    if args.streaming:
+        # A stream has no length: epochs run until the step budget is spent.
+        max_train_steps, num_train_epochs, steps_per_epoch = args.max_train_steps, args.max_train_steps, None
+    else:
+        steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        if steps_per_epoch == 0:
+            raise SystemExit("error: the training split is smaller than one batch per process")
+        max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+        num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer=optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
-    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
-    )
+    if args.streaming:
+        # The stream is already sharded per process; accelerate would shard it again.
+        model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, eval_dataloader, lr_scheduler)
+    else:
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+            model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+        )
     class_weights = torch.tensor(args.class_weights) if args.class_weights else None
 
     if args.with_tracking:
@@ -257,7 +283,8 @@ def main(argv=None):
             replace_folder(partial, folder)
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(f"  Num examples = {len(train_dataset)}, epochs = {num_train_epochs}, total batch = {total_batch_size}")
+    num_examples = "streamed" if args.streaming else len(train_dataset)
+    logger.info(f"  Num examples = {num_examples}, epochs = {num_train_epochs}, total batch = {total_batch_size}")
     logger.info(f"  Optimization steps = {max_train_steps}, steps per epoch = {steps_per_epoch}")
     progress_bar = tqdm(range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process)
     start_time = time.monotonic() - state.train_seconds
@@ -265,7 +292,8 @@ def main(argv=None):
     for epoch in range(state.epoch, num_train_epochs):
         model.train()
         train_dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
+        if not args.streaming:
+            train_dataloader.set_epoch(epoch)
         batches = train_dataloader
         if epoch == state.epoch and state.batches_in_epoch:
             batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
@@ -273,6 +301,7 @@ def main(argv=None):
             state.batches_in_epoch = 0
         state.epoch = epoch
         for batch in batches:
+            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
             with accelerator.accumulate(model):
                 logits = model(pixel_values=batch["pixel_values"]).logits
                 loss = segmentation_loss(logits, batch["labels"], args.loss, class_weights)
@@ -306,7 +335,8 @@ def main(argv=None):
                 break
         else:
             state.epoch, state.batches_in_epoch = epoch + 1, 0
-            if not args.eval_steps:
+            # Process shards of a stream end at different steps: no collective may hang on the epoch's end.
+            if not args.eval_steps and not args.streaming:
                 run_evaluation()
             if args.checkpointing_steps == "epoch":
                 save_checkpoint()
@@ -325,6 +355,7 @@ def main(argv=None):
         "train_loss_last": state.loss_history[-1] if state.loss_history else None,
         "train_loss_history": state.loss_history,
         "stopped_by_time_budget": out_of_time,
+        "num_processes": accelerator.num_processes,
     }
     if args.with_tracking:
         accelerator.end_training()

@@ -34,7 +34,11 @@ def s2glc_dataset(s2glc_sample, tmp_path_factory) -> Path:
 
 
 def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "scripts/train.py", **kwargs):
-    command = [*ACCELERATE, "--num_processes", str(num_processes), "--num_machines", "1", "--cpu",
+    # accelerate 1.15's `--cpu` always starts one process; several CPU processes (gloo) take the multi-process
+    # launcher with ACCELERATE_USE_CPU set.
+    device = ["--cpu"] if num_processes == 1 else ["--multi_gpu"]
+    env = env if num_processes == 1 else {**env, "ACCELERATE_USE_CPU": "true"}
+    command = [*ACCELERATE, "--num_processes", str(num_processes), "--num_machines", "1", *device,
                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
@@ -153,7 +157,7 @@ def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lal
             "--image_size", "64", "--output_dir", str(output),
         ], clean_env, num_processes=num_processes, script="scripts/evaluate.py"))
         results = json.loads((output / "eval_results.json").read_text())
-        assert results["num_samples"] == 13
+        assert results["num_samples"] == 13 and results["num_processes"] == num_processes
         matrices.append(results["confusion_matrix"])
     assert sum(map(sum, matrices[0])) == 13 * 64 * 64
     assert matrices[0] == matrices[1]
@@ -202,3 +206,24 @@ def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, cl
     )
     assert result.returncode != 0
     assert "predicts 3 classes but the dataset has 7" in result.stderr and "--ignore_mismatched_sizes" in result.stderr
+
+
+def test_streaming_two_processes_resume_exactly(s2glc_dataset, tmp_path, clean_env):
+    """--streaming shards the stream per process; resuming from a checkpoint replays it to the same weights."""
+    common = [
+        "--dataset_name", str(s2glc_dataset), "--streaming", "--shuffle_buffer_size", "16", "--max_train_steps", "6",
+        "--max_eval_samples", "4", "--eval_steps", "100", "--checkpointing_steps", "3", *SMALL_RUN,
+    ]
+    straight = tmp_path / "straight"
+    check(launch([*common, "--output_dir", str(straight)], clean_env, num_processes=2))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(straight / "step_3", resumed / "step_3")
+    check(launch([*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], clean_env, num_processes=2))
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    results = json.loads((straight / "all_results.json").read_text())
+    assert results["train_samples"] == 6 * 4 * 2
