@@ -10,6 +10,7 @@ scores say nothing about real imagery.
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -55,9 +56,12 @@ def main():
     print(convert_aras400k(source, dataset_dir, num_proc=2, overwrite=True).format_table())
 
     model_dir = output_dir / args.preset
+    # accelerate's --cpu starts one process; several CPU processes need the multi-process launcher.
+    device = ["--cpu"] if args.num_processes == 1 else ["--multi_gpu"]
+    os.environ["ACCELERATE_USE_CPU"] = "true"
     run([
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
-        "--num_machines", "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "scripts/train.py",
+        "--num_machines", "1", *device, "--mixed_precision", "no", "--dynamo_backend", "no", "scripts/train.py",
         "--dataset_name", str(dataset_dir), "--preset", args.preset, "--output_dir", str(model_dir),
         "--max_train_minutes", str(args.train_minutes), "--num_train_epochs", "1000", "--eval_steps", "100",
         "--checkpointing_steps", "100", "--checkpoints_total_limit", "1", "--learning_rate", "2e-3",
