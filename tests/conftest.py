@@ -80,3 +80,25 @@ def cached_lale_tiny(lale_tiny_checkpoint) -> str:
     """`org/lale-tiny` in the session's HF cache, so the literal Hub id loads offline."""
     cache_model_in_hf_home(lale_tiny_checkpoint, "org/lale-tiny")
     return "org/lale-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A random lale-tiny whose predictions vary in space (a larger initialiser than the default), for tiling tests."""
+    import torch
+
+    from lale_hf import LaleConfig, LaleForSemanticSegmentation
+
+    torch.manual_seed(0)
+    return LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny", initializer_range=0.05)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    """`tiny_model` saved with its image processor."""
+    from lale_hf import LaleImageProcessor
+
+    folder = tmp_path_factory.mktemp("lale-tiny-spatial")
+    tiny_model.save_pretrained(folder)
+    LaleImageProcessor().save_pretrained(folder)
+    return folder

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from rasterio.transform import from_origin
 
-from lale_hf import ARAS400K_PALETTE, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf import ARAS400K_PALETTE, LaleImageProcessor
 from lale_hf.inference import (
     AreaStatistics,
     ImageSource,
@@ -32,22 +32,6 @@ from lale_hf.inference import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREDICT = REPO_ROOT / "scripts" / "predict.py"
 UTM_TRANSFORM = from_origin(500000.0, 5200000.0, 10.0, 10.0)
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    # A larger initialiser than the default makes a random model's predictions vary in space, which the seam
-    # test needs; weights do not matter for anything else here.
-    torch.manual_seed(0)
-    return LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny", initializer_range=0.05)).eval()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("lale-tiny")
-    tiny_model.save_pretrained(folder)
-    LaleImageProcessor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

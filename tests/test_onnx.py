@@ -13,26 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lale_hf import ARAS400K_LABELS, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf import ARAS400K_LABELS
 from lale_hf.inference import OnnxPredictor, TorchPredictor, load_predictor, predict_image
 from lale_hf.onnx_export import compare_with_onnx, export_onnx
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    torch.manual_seed(0)
-    return LaleForSemanticSegmentation(LaleConfig.from_preset("lale-tiny", initializer_range=0.05)).eval()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("lale-tiny-onnx")
-    tiny_model.save_pretrained(folder)
-    LaleImageProcessor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
