@@ -1020,6 +1020,7 @@ def primary_run(report: dict) -> dict:
 def plot_report(report: dict, path: str | os.PathLike):
     """Throughput against GMACs, bubble area by parameters; a macro F1 panel when accuracy was given."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1051,12 +1052,16 @@ def plot_report(report: dict, path: str | os.PathLike):
         title=f"filled: eager, ring: best path; area ~ parameters\n{env['device']}, {env['threads']} threads, "
         f"{env['allocator']}, {env['date'][:10]}",
     )  # fmt: skip
-    speed_axis.grid(True, which="both", alpha=0.3)
     speed_axis.legend(fontsize=8, markerscale=0.5)
     if accuracy:
         accuracy_axis.set(xscale="log", xlabel=f"best-path images/s, batch {largest}", ylabel="macro F1 (%)",
                           title="accuracy at equal training budget")  # fmt: skip
-        accuracy_axis.grid(True, which="both", alpha=0.3)
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 0.3, not 3x10^-1, on log axes
+    for axis in {speed_axis, accuracy_axis}:
+        axis.grid(True, which="both", alpha=0.3)
+        for ticks in (axis.xaxis, axis.yaxis):
+            ticks.set_major_formatter(plain)
+            ticks.set_minor_formatter(plain)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)

@@ -6,6 +6,7 @@ all built from transformers configs with random weights, measured in one run on 
     python scripts/benchmark.py --allocator both --output_dir outputs/benchmark    # glibc and tcmalloc, in lockstep
     python scripts/benchmark.py --results lale-tiny=runs/lale-tiny/all_results.json ...   # add accuracy
     python scripts/benchmark.py --train_budget_minutes 30 --dataset_name outputs/s2glc    # train all, then benchmark
+    python scripts/benchmark.py --from_json outputs/benchmark/benchmark.json --results ...  # re-render, add accuracy
 
 Per model: parameters, fp32 safetensors size, GMACs (torch's FLOP counter, MACs = FLOPs / 2), inference throughput
 at each batch size along every deployment path (eager, channels_last, torch.compile, ONNX Runtime; each checked
@@ -84,6 +85,8 @@ def parse_args(argv=None):
     accuracy.add_argument("--dry_run", action="store_true", help="Print the training commands and stop.")
 
     parser.add_argument("--output_dir", default="outputs/benchmark")
+    parser.add_argument("--from_json", metavar="BENCHMARK_JSON",
+                        help="Measure nothing: rebuild the report of an earlier run (e.g. with --results added).")  # fmt: skip
     parser.add_argument("--lockstep_fds", help=argparse.SUPPRESS)  # set by --allocator both for its workers
     parser.add_argument("--worker_output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -97,6 +100,8 @@ def parse_args(argv=None):
         parser.error("--train_budget_minutes needs --dataset_name")
     if args.allocator == "both" and args.device == "cuda":
         parser.error("--allocator both compares host allocators on the CPU; use --device cpu")
+    if args.from_json and not Path(args.from_json).is_file():
+        parser.error(f"--from_json {args.from_json}: no such file")
     if bool(args.lockstep_fds) != bool(args.worker_output):
         parser.error("--lockstep_fds and --worker_output go together")
     try:
@@ -159,7 +164,7 @@ def main():
         write_atomic(args.worker_output, json.dumps(run))
         return
 
-    if args.allocator in ("glibc", "tcmalloc") and detect_allocator() != args.allocator:
+    if args.allocator in ("glibc", "tcmalloc") and detect_allocator() != args.allocator and not args.from_json:
         if os.environ.get("LALE_BENCHMARK_REEXEC"):
             raise SystemExit(f"re-ran under {args.allocator} but the process still runs on {detect_allocator()}")
         env = {**allocator_env(args.allocator), "LALE_BENCHMARK_REEXEC": "1"}
@@ -172,13 +177,17 @@ def main():
         if args.dry_run:
             return
 
-    if args.allocator == "both":
-        runs = run_both_allocators(args)
+    if args.from_json:  # re-render an earlier run's measurements, with any accuracy given now
+        previous = json.loads(Path(args.from_json).read_text())
+        runs = [{key: value for key, value in run.items() if key != "summary"} for run in previous["runs"]]
+        command, total_seconds = previous["command"], previous["total_seconds"]
+        accuracy = {**previous["accuracy"], **accuracy}
     else:
-        runs = [run_benchmark(args.settings, log=log)]
+        runs = run_both_allocators(args) if args.allocator == "both" else [run_benchmark(args.settings, log=log)]
+        total_seconds = time.perf_counter() - started
 
     report = build_report(runs, accuracy, reference=args.reference, command=command)
-    report["total_seconds"] = time.perf_counter() - started
+    report["total_seconds"] = total_seconds
     output_dir = Path(args.output_dir)
     markdown = render_markdown(report)
     write_atomic(output_dir / "benchmark.json", json.dumps(report, indent=1))
