@@ -864,9 +864,12 @@ def write_atomic(path: str | os.PathLike, data: str | bytes):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; a report is for everyone to read
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -337,8 +337,13 @@ def test_lockstep_workers_never_run_at_the_same_time(tmp_path):
 
 def test_write_atomic_leaves_no_partial_file(tmp_path):
     target = tmp_path / "sub" / "out.json"
-    write_atomic(target, "{}")
+    umask = os.umask(0o022)
+    try:
+        write_atomic(target, "{}")
+    finally:
+        os.umask(umask)
     assert target.read_text() == "{}" and os.listdir(target.parent) == ["out.json"]
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_script_writes_json_markdown_and_png_then_rerenders_with_accuracy(tmp_path, clean_env):
