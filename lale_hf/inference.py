@@ -407,11 +407,15 @@ class Predictor:
 
 
 class TorchPredictor(Predictor):
-    """A transformers model (put in eval mode) with the preprocessing of its image processor."""
+    """A transformers model (put in eval mode) with the preprocessing of its image processor.
+
+    `channels_last` converts the model's weights in place and feeds it channels-last batches: 1.35x faster for
+    LALE-tiny on CPU here, logits equal to 1e-6 relative (`docs/benchmark.md`).
+    """
 
     backend = "pytorch"
 
-    def __init__(self, model, image_processor=None, name: str | None = None):
+    def __init__(self, model, image_processor=None, name: str | None = None, channels_last: bool = False):
         processor = image_processor if image_processor is not None else LaleImageProcessor()
         super().__init__(
             name or getattr(model, "name_or_path", "") or type(model).__name__,
@@ -422,12 +426,14 @@ class TorchPredictor(Predictor):
             processor.do_rescale,
             processor.do_normalize,
         )
-        self.model = model.eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(memory_format=self.memory_format)
         self.device = next(model.parameters()).device
 
     def __call__(self, pixel_values: np.ndarray) -> torch.Tensor:
+        pixel_values = torch.from_numpy(pixel_values).to(self.device, memory_format=self.memory_format)
         with torch.inference_mode():
-            logits = self.model(pixel_values=torch.from_numpy(pixel_values).to(self.device)).logits
+            logits = self.model(pixel_values=pixel_values).logits
         return logits.float().cpu()
 
 
@@ -495,7 +501,7 @@ def load_predictor(model, trust_remote_code: bool = False, num_threads: int | No
         processor = None  # no preprocessor_config.json: LALE's defaults (ImageNet mean and std)
     if torch.cuda.is_available():
         loaded = loaded.to("cuda")
-    return TorchPredictor(loaded, processor, name=reference)
+    return TorchPredictor(loaded, processor, name=reference, channels_last=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

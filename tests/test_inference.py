@@ -1,6 +1,7 @@
 """Large-scene prediction: tiling equals plain inference, streaming equals the whole-scene blend, no seams, real
 16-bit and georeferenced inputs through scripts/predict.py, area statistics, and clear errors on bad input."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -95,6 +96,15 @@ def test_one_tile_equals_plain_whole_image_inference(s2glc_sample, tiny_model, p
     assert tiled.shape == size and tiled.dtype == np.uint8
     np.testing.assert_array_equal(tiled, plain)
     assert len(np.unique(plain)) > 1  # a constant map would make the comparison vacuous
+
+
+def test_channels_last_predictor_gives_the_same_logits_and_map(s2glc_sample, tiny_model, predictor):
+    image = np.array(Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB"))
+    fast = TorchPredictor(copy.deepcopy(tiny_model), LaleImageProcessor(), channels_last=True)
+    pixel_values = np.stack([predictor.normalize(image), predictor.normalize(image[::-1].copy())])
+    assert fast.model.lale.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(pixel_values), predictor(pixel_values), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(predict_image(image, fast), predict_image(image, predictor))
 
 
 def test_single_patch_matches_the_default_processor_pipeline(s2glc_sample, tiny_model, predictor):

@@ -154,6 +154,28 @@ def test_image_alone_and_in_batch_give_same_logits():
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
 
 
+def test_folded_decoder_equals_project_upsample_concatenate_fuse():
+    # The decoder folds `fuse` into each stage's projection; check it against the textbook order, values and gradients.
+    model = build(LaleConfig(classifier_dropout_prob=0.0)).train()
+    head = model.decode_head
+    with torch.no_grad():  # non-zero biases, so that their folding is checked too
+        for projection in head.projections:
+            projection.bias.normal_()
+    features = [f.detach().requires_grad_() for f in model.lale(torch.randn(2, 3, 96, 160), output_hidden_states=True).hidden_states[1:]]
+    size = features[0].shape[2:]
+    upsampled = [
+        torch.nn.functional.interpolate(projection(x), size=size, mode="bilinear", align_corners=False)
+        for projection, x in zip(head.projections, features)
+    ]
+    reference = head.classifier(head.act(head.norm(head.fuse(torch.cat(upsampled[::-1], dim=1)))))
+    reference_grads = torch.autograd.grad(reference.square().sum(), [*features, head.fuse.weight, head.projections[2].bias])
+    folded = head(features)
+    folded_grads = torch.autograd.grad(folded.square().sum(), [*features, head.fuse.weight, head.projections[2].bias])
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(folded_grads, reference_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_forward_runs():
     model = build(LaleConfig()).to(torch.bfloat16)
     with torch.no_grad():
