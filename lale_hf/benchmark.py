@@ -301,7 +301,12 @@ def prepare_path(
     elif path == "channels_last":
         target = copy.deepcopy(module).to(memory_format=torch.channels_last)
     elif path == "compile":
+        from torch._inductor import config as inductor_config
+
         target = torch.compile(module, dynamic=False)
+        # Freezing folds the weights into the graph as constants (and prepacks them for oneDNN): the inductor setting
+        # for inference deployment, +10-15% here. torch.compile(options=...) does not pass it on, so it is patched.
+        compile_settings = inductor_config.patch(freezing=True)
     elif path == "onnxruntime":
         if dtype != "fp32":
             raise PathUnavailable("the ONNX Runtime path is benchmarked in fp32 only")
@@ -318,9 +323,10 @@ def prepare_path(
         raise ValueError(f"Unknown deployment path {path!r}; expected one of {PATHS}.")
 
     memory_format = torch.channels_last if path == "channels_last" else torch.contiguous_format
+    settings = compile_settings if path == "compile" else contextlib.nullcontext()
 
     def run(pixel_values: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast_context(dtype, device):
+        with torch.inference_mode(), autocast_context(dtype, device), settings:
             return target(pixel_values.contiguous(memory_format=memory_format))
 
     return run

@@ -138,7 +138,16 @@ def test_compile_path_matches_eager(tmp_path):
     eager = prepare_path("eager", model, "fp32", device, str(tmp_path), 1)
     compiled = prepare_path("compile", model, "fp32", device, str(tmp_path), 1)
     pixel_values = torch.randn(2, 3, 64, 64)
-    assert relative_error(compiled(pixel_values), eager(pixel_values)) < 1e-4
+    first = compiled(pixel_values)
+    assert relative_error(first, eager(pixel_values)) < 1e-4
+    # Frozen: the weights became constants of the graph, so changing them afterwards changes eager only.
+    with torch.no_grad():
+        model.decode_head.classifier.bias.add_(1.0)
+    assert torch.equal(compiled(pixel_values), first)
+    assert relative_error(compiled(pixel_values), eager(pixel_values)) > 1e-2
+    from torch._inductor import config as inductor_config
+
+    assert not inductor_config.freezing  # patched for the compile path's calls only
 
 
 def test_bf16_autocast_path_is_close_and_onnx_is_fp32_only(tmp_path):
