@@ -8,7 +8,6 @@ helpers, and the JSON/markdown/PNG report.
 
 import contextlib
 import copy
-import ctypes.util
 import io
 import json
 import math
@@ -39,7 +38,9 @@ from transformers import (
     UperNetConfig,
 )
 
+from .allocator import detect_allocator
 from .configuration_lale import ARAS400K_LABELS, LALE_PRESETS, LaleConfig
+from .inference import compile_for_inference
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -301,12 +302,7 @@ def prepare_path(
     elif path == "channels_last":
         target = copy.deepcopy(module).to(memory_format=torch.channels_last)
     elif path == "compile":
-        from torch._inductor import config as inductor_config
-
-        target = torch.compile(module, dynamic=False)
-        # Freezing folds the weights into the graph as constants (and prepacks them for oneDNN): the inductor setting
-        # for inference deployment, +10-15% here. torch.compile(options=...) does not pass it on, so it is patched.
-        compile_settings = inductor_config.patch(freezing=True)
+        target = compile_for_inference(module)  # with frozen weights, as `scripts/predict.py --torch_compile` runs
     elif path == "onnxruntime":
         if dtype != "fp32":
             raise PathUnavailable("the ONNX Runtime path is benchmarked in fp32 only")
@@ -323,10 +319,9 @@ def prepare_path(
         raise ValueError(f"Unknown deployment path {path!r}; expected one of {PATHS}.")
 
     memory_format = torch.channels_last if path == "channels_last" else torch.contiguous_format
-    settings = compile_settings if path == "compile" else contextlib.nullcontext()
 
     def run(pixel_values: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast_context(dtype, device), settings:
+        with torch.inference_mode(), autocast_context(dtype, device):
             return target(pixel_values.contiguous(memory_format=memory_format))
 
     return run
@@ -478,40 +473,6 @@ def matmul_task(size: int, dtype: str, device: torch.device) -> Task:
     out = torch.empty_like(a)
     record = {"dtype": dtype, "size": size}
     return Task(f"{dtype}|matmul", lambda: torch.mm(a, b, out=out), units=2 * size**3 / 1e9, record=record)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Allocator.
-
-
-def detect_allocator() -> str:
-    """The malloc this process runs on: a preloaded tcmalloc/jemalloc/mimalloc, else the C library's."""
-    maps = Path("/proc/self/maps")
-    loaded = maps.read_text() if maps.exists() else ""
-    for name in ("tcmalloc", "jemalloc", "mimalloc"):
-        if f"lib{name}" in loaded:
-            return name
-    return platform.libc_ver()[0] or "system"
-
-
-def allocator_env(allocator: str, env: dict | None = None) -> dict:
-    """A copy of `env` that makes a child process run on `allocator` ("tcmalloc" or "glibc")."""
-    env = dict(os.environ if env is None else env)
-    preload = [lib for lib in env.get("LD_PRELOAD", "").split() if not any(m in lib for m in ("tcmalloc", "jemalloc", "mimalloc"))]
-    if allocator == "tcmalloc":
-        library = ctypes.util.find_library("tcmalloc") or ctypes.util.find_library("tcmalloc_minimal")
-        if library is None:
-            raise RuntimeError("tcmalloc not found; on Debian/Ubuntu: apt-get install libgoogle-perftools4")
-        preload.insert(0, library)
-        # tcmalloc reports every allocation over 1 GB on stderr by default; a benchmark log does not need that.
-        env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
-    elif allocator != "glibc":
-        raise ValueError(f"Unknown allocator {allocator!r}; expected 'tcmalloc' or 'glibc'.")
-    if preload:
-        env["LD_PRELOAD"] = " ".join(preload)
-    else:
-        env.pop("LD_PRELOAD", None)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -859,16 +820,18 @@ def equal_budget_commands(
 
     The budget must be what stops training, and the learning rate must not follow a step count that the budget cuts
     short: hence an epoch count no run reaches and a constant schedule (`extra_args` come last and can override).
-    Writes each model's `config.json` to `output_dir/NAME/config`; returns (name, command, all_results.json path).
+    Every run starts from the weights the benchmark times (`build_model`, seeded; batch norms at PyTorch's default:
+    MobileViT's own init would start it from degenerate activations), saved to `output_dir/NAME/init`. Returns
+    (name, command, all_results.json path) per model.
     """
     if not minutes > 0:
         raise ValueError(f"The training budget must be positive, got {minutes} minutes.")
     commands = []
     for name in models:
-        config_dir, run_dir = Path(output_dir) / name / "config", Path(output_dir) / name / "run"
-        zoo_config(name).save_pretrained(config_dir)
+        init_dir, run_dir = Path(output_dir) / name / "init", Path(output_dir) / name / "run"
+        build_model(name, seed).save_pretrained(init_dir)
         command = [
-            "accelerate", "launch", train_script, "--config_name", str(config_dir), "--dataset_name", dataset_name,
+            "accelerate", "launch", train_script, "--model_name_or_path", str(init_dir), "--dataset_name", dataset_name,
             "--output_dir", str(run_dir), "--seed", str(seed), "--max_train_minutes", f"{minutes:g}",
             "--num_train_epochs", "100000", "--lr_scheduler_type", "constant_with_warmup", *extra_args,
         ]  # fmt: skip
@@ -1081,11 +1044,13 @@ def plot_report(report: dict, path: str | os.PathLike):
         accuracy_axis.set(xscale="log", xlabel=f"best-path images/s, batch {largest}", ylabel="macro F1 (%)",
                           title="accuracy at equal training budget")  # fmt: skip
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 0.3, not 3x10^-1, on log axes
+    # Minor ticks labelled at 2, 3 and 5 only: labels at every one of them overlap between 0.6 and 0.9.
+    sparse = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
     for axis in {speed_axis, accuracy_axis}:
         axis.grid(True, which="both", alpha=0.3)
         for ticks in (axis.xaxis, axis.yaxis):
             ticks.set_major_formatter(plain)
-            ticks.set_minor_formatter(plain)
+            ticks.set_minor_formatter(sparse)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)

@@ -406,16 +406,39 @@ class Predictor:
         raise NotImplementedError
 
 
+def compile_for_inference(module: torch.nn.Module):
+    """`torch.compile` with inductor's weight freezing: the weights become constants of the graph, prepacked for
+    oneDNN, so later changes to them are not seen. The fastest PyTorch path on CPU here (`docs/benchmark.md`); the
+    first call of each input shape compiles."""
+    from torch._inductor import config as inductor_config
+
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(*args, **kwargs):
+        # torch.compile(options=...) does not pass freezing on; patching the config for the call does.
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
 class TorchPredictor(Predictor):
     """A transformers model (put in eval mode) with the preprocessing of its image processor.
 
     `channels_last` converts the model's weights in place and feeds it channels-last batches: 1.35x faster for
-    LALE-tiny on CPU here, logits equal to 1e-6 relative (`docs/benchmark.md`).
+    LALE-tiny on CPU here, logits equal to 1e-6 relative. `torch_compile` runs it through `compile_for_inference`.
     """
 
     backend = "pytorch"
 
-    def __init__(self, model, image_processor=None, name: str | None = None, channels_last: bool = False):
+    def __init__(
+        self,
+        model,
+        image_processor=None,
+        name: str | None = None,
+        channels_last: bool = False,
+        torch_compile: bool = False,
+    ):
         processor = image_processor if image_processor is not None else LaleImageProcessor()
         super().__init__(
             name or getattr(model, "name_or_path", "") or type(model).__name__,
@@ -429,11 +452,18 @@ class TorchPredictor(Predictor):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(memory_format=self.memory_format)
         self.device = next(model.parameters()).device
+        self.forward = self.model
+        if torch_compile:
+            # One eager call first: transformers installs its output-capturing hooks on the first forward, and
+            # doing that inside the traced graph breaks the graph into pieces.
+            with torch.inference_mode():
+                self.model(pixel_values=torch.zeros(1, 3, 64, 64, device=self.device))
+            self.forward = compile_for_inference(self.model)
 
     def __call__(self, pixel_values: np.ndarray) -> torch.Tensor:
         pixel_values = torch.from_numpy(pixel_values).to(self.device, memory_format=self.memory_format)
         with torch.inference_mode():
-            logits = self.model(pixel_values=pixel_values).logits
+            logits = self.forward(pixel_values=pixel_values).logits
         return logits.float().cpu()
 
 
@@ -468,15 +498,22 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(self.session.run(None, {self.input_name: pixel_values})[0])
 
 
-def load_predictor(model, trust_remote_code: bool = False, num_threads: int | None = None) -> Predictor:
-    """A `Predictor` from a model object, a local checkpoint folder, a Hub id (cached or reachable) or an .onnx file."""
+def load_predictor(
+    model, trust_remote_code: bool = False, num_threads: int | None = None, torch_compile: bool = False
+) -> Predictor:
+    """A `Predictor` from a model object, a local checkpoint folder, a Hub id (cached or reachable) or an .onnx file.
+
+    Checkpoints run channels-last on the CPU, and through `compile_for_inference` with `torch_compile`.
+    """
     if isinstance(model, Predictor):
         return model
     if hasattr(model, "config") and callable(model):
-        return TorchPredictor(model)
+        return TorchPredictor(model, torch_compile=torch_compile)
     reference = str(model)
     path = Path(reference)
     if path.suffix.lower() == ".onnx":
+        if torch_compile:
+            raise ValueError(f"--torch_compile applies to PyTorch checkpoints, not to the ONNX file {reference}.")
         return OnnxPredictor(path, num_threads=num_threads)
     if path.is_file():
         raise ValueError(
@@ -501,7 +538,9 @@ def load_predictor(model, trust_remote_code: bool = False, num_threads: int | No
         processor = None  # no preprocessor_config.json: LALE's defaults (ImageNet mean and std)
     if torch.cuda.is_available():
         loaded = loaded.to("cuda")
-    return TorchPredictor(loaded, processor, name=reference, channels_last=True)
+    return TorchPredictor(
+        loaded, processor, name=reference, channels_last=loaded.device.type == "cpu", torch_compile=torch_compile
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -549,7 +588,7 @@ def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
 def plan_tiles(height: int, width: int, tile_size: int = 256, overlap: float = 0.25) -> TileGrid:
     """The tile grid for a scene; `overlap` is a fraction of the tile (0 to 0.5), rounded to 4 pixels."""
     if not isinstance(tile_size, int) or tile_size < 32 or tile_size % 32:
-        raise ValueError(f"--tile-size {tile_size}: expected a positive multiple of 32 (the model downsamples 32x).")
+        raise ValueError(f"--tile_size {tile_size}: expected a positive multiple of 32 (the model downsamples 32x).")
     if not 0 <= overlap <= 0.5:
         raise ValueError(f"--overlap {overlap}: expected a fraction of the tile between 0 and 0.5.")
     _check_size("scene", height, width)
@@ -664,7 +703,7 @@ def iter_label_rows(
     logit rows no later tile reaches are normalised, upsampled and turned into class rows.
     """
     if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size}: expected a positive integer.")
+        raise ValueError(f"--batch_size {batch_size}: expected a positive integer.")
     num_classes = len(predictor.id2label)
     if grid.single:
         cells_high, cells_wide = -(-grid.height // OUTPUT_STRIDE), -(-grid.width // OUTPUT_STRIDE)
@@ -1080,6 +1119,7 @@ def predict_paths(
     progress: bool = True,
     trust_remote_code: bool = False,
     num_threads: int | None = None,
+    torch_compile: bool = False,
 ) -> list[dict]:
     """`predict_file` over files and folders; every input is checked before any prediction starts."""
     files = expand_inputs(inputs)
@@ -1089,7 +1129,9 @@ def predict_paths(
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
             raise ValueError(f"Several inputs would write the same outputs ({', '.join(duplicates)}): rename them.")
-        predictor = load_predictor(model, trust_remote_code=trust_remote_code, num_threads=num_threads)
+        predictor = load_predictor(
+            model, trust_remote_code=trust_remote_code, num_threads=num_threads, torch_compile=torch_compile
+        )
         return [
             _run_plan(plan, predictor, scaling, tile_size, overlap, batch_size, preview_size, progress) for plan in plans
         ]

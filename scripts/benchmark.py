@@ -29,15 +29,14 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
+from lale_hf.allocator import allocator_env, detect_allocator
 from lale_hf.benchmark import (
     DTYPES,
     PATHS,
     ZOO,
     BenchmarkSettings,
     LockstepTurn,
-    allocator_env,
     build_report,
-    detect_allocator,
     equal_budget_commands,
     plot_report,
     read_accuracy,

@@ -9,8 +9,8 @@ memory is the max RSS of `scripts/predict.py` run as a child process per scene s
 
 Examples:
   python scripts/benchmark_predict.py                      # throughput on 4096x4096, memory at 2048 and 8192
-  python scripts/benchmark_predict.py --throughput-size 10980 --memory-sizes
-  python scripts/benchmark_predict.py --model-figures      # params, GMACs, safetensors size of the presets
+  python scripts/benchmark_predict.py --throughput_size 10980 --memory_sizes
+  python scripts/benchmark_predict.py --model_figures      # params, GMACs, safetensors size of the presets
 """
 
 import argparse
@@ -39,16 +39,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "s2glc-sample"))
-    parser.add_argument("--throughput-size", type=int, default=4096, help="Side of the throughput scene (0: skip).")
-    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[2048, 8192], help="Scene sides for peak RSS.")
+    parser.add_argument("--throughput_size", type=int, default=4096, help="Side of the throughput scene (0: skip).")
+    parser.add_argument("--memory_sizes", type=int, nargs="*", default=[2048, 8192], help="Scene sides for peak RSS.")
     parser.add_argument("--backends", nargs="+", default=["pytorch", "onnxruntime"], choices=["pytorch", "onnxruntime"])
-    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--tile_size", type=int, default=256)
     parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="Throughput rounds (backends take turns).")
-    parser.add_argument("--work-dir", help="Where scenes and models go (default: a temporary folder, removed).")
+    parser.add_argument("--work_dir", help="Where scenes and models go (default: a temporary folder, removed).")
     parser.add_argument("--json", help="Also write the results here.")
-    parser.add_argument("--model-figures", action="store_true", help="Only print params, GMACs, size of the presets.")
+    parser.add_argument("--model_figures", action="store_true", help="Only print params, GMACs, size of the presets.")
     return parser.parse_args()
 
 
@@ -202,8 +202,8 @@ def main():
         for size in sorted(args.memory_sizes):
             command = [
                 sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", models[backend],
-                "--output-dir", str(work / f"mem-{backend}-{size}"), "--bands", "3,2,1", "--overwrite", "--no-progress",
-                "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+                "--output_dir", str(work / f"mem-{backend}-{size}"), "--bands", "3,2,1", "--overwrite", "--no_progress",
+                "--tile_size", str(args.tile_size), "--overlap", str(args.overlap), "--batch_size", str(args.batch_size),
                 str(scenes[size]),
             ]
             rss, seconds = peak_rss_of(command)

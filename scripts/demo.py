@@ -74,7 +74,7 @@ def main():
     example["image"].save(example_path)
     prediction_dir = output_dir / "prediction"
     run([sys.executable, "scripts/predict.py", str(example_path), "--model", str(model_dir),
-         "--output-dir", str(prediction_dir), "--overwrite"])
+         "--output_dir", str(prediction_dir), "--overwrite"])
 
     print(f"\nDone in {(time.monotonic() - started) / 60:.1f} min. Everything is under {output_dir}:")
     print(f"  data (ARAS400k zips)  {source}")

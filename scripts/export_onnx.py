@@ -22,8 +22,8 @@ def parse_args():
     parser.add_argument("--model", required=True, help="Hub id or local checkpoint folder.")
     parser.add_argument("--output", required=True, help="The .onnx file to write.")
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--no-check", action="store_true", help="Skip the ONNX Runtime vs PyTorch comparison.")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--no_check", action="store_true", help="Skip the ONNX Runtime vs PyTorch comparison.")
     return parser, parser.parse_args()
 
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Land-cover maps from a LALE checkpoint (Hub id or folder) or an ONNX file, for images and rasters of any size.
 
-For each input, writes to --output-dir:
+For each input, writes to --output_dir:
   <name>_classes.tif   class indexes, CRS/transform kept, colour table (georeferenced input), or
   <name>_classes.png   class indexes (other input)
-  <name>_color.png     colourised preview with a legend (at most --preview-size pixels on its long side)
+  <name>_color.png     colourised preview with a legend (at most --preview_size pixels on its long side)
   <name>_stats.json    per-class pixels, percent and km² (georeferenced), plus every setting used
   <name>_stats.csv     the same table as CSV
 
 Examples:
-  python scripts/predict.py --model org/lale-tiny --output-dir out patch.png
-  python scripts/predict.py --model lale-tiny.onnx --output-dir out --bands 3,2,1 S2_scene_BGRN.tif
-  python scripts/predict.py --model ./checkpoint --output-dir out --scaling 0.085 --bands 3,2,1 scenes/
+  python scripts/predict.py --model org/lale-tiny --output_dir out patch.png
+  python scripts/predict.py --model lale-tiny.onnx --output_dir out --bands 3,2,1 S2_scene_BGRN.tif
+  python scripts/predict.py --model ./checkpoint --output_dir out --scaling 0.085 --bands 3,2,1 scenes/
 
 Scaling (--scaling) turns raw values into the 8-bit RGB the model was trained on (ARAS400k: each 256x256 patch
 divided by its own maximum). "auto" uses 8-bit input as is and, for anything else, "patch_max_median": one divisor
@@ -20,7 +20,7 @@ On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one br
 "tile_max" divides each tile by its own maximum, "scene_max" by the scene maximum; a number is a fixed gain. The
 choice and the divisor or gain used are recorded in the outputs (stats JSON, GeoTIFF tags, PNG text).
 
-Scenes larger than a tile are predicted in sliding windows (--tile-size, --overlap) whose logits are averaged with
+Scenes larger than a tile are predicted in sliding windows (--tile_size, --overlap) whose logits are averaged with
 linear ramps over the overlaps, so tile borders leave no seams. Rasters are read and GeoTIFFs written window by
 window; memory does not grow with the scene's area. A PNG class map (input without a CRS) is held whole until saved,
 one byte per pixel. GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX models onnxruntime
@@ -36,19 +36,24 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="Image files, rasters (GeoTIFF...) or folders of them.")
     parser.add_argument("--model", required=True, help="Hub id, local checkpoint folder, or .onnx file.")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output_dir", required=True)
     parser.add_argument("--bands", help="1-based bands to use as R,G,B, e.g. 3,2,1 for B,G,R,NIR stacks (default: RGB).")
     parser.add_argument(
         "--scaling", default="auto", help=f"One of {', '.join(SCALING_METHODS)}, or a fixed gain (default: auto)."
     )
-    parser.add_argument("--tile-size", type=int, default=256, help="Sliding-window size in pixels (multiple of 32).")
+    parser.add_argument("--tile_size", type=int, default=256, help="Sliding-window size in pixels (multiple of 32).")
     parser.add_argument("--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile.")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--preview-size", type=int, default=2048, help="Longest side of the colourised preview.")
-    parser.add_argument("--num-threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--preview_size", type=int, default=2048, help="Longest side of the colourised preview.")
+    parser.add_argument("--num_threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+    parser.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="torch.compile the checkpoint with frozen weights: about 2.5x eager on CPU, after 20-60 s of compiling.",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--no_progress", action="store_true")
     return parser, parser.parse_args()
 
 
@@ -69,6 +74,7 @@ def main():
             progress=not args.no_progress,
             trust_remote_code=args.trust_remote_code,
             num_threads=args.num_threads,
+            torch_compile=args.torch_compile,
         )
     except (OSError, ValueError, ImportError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -7,15 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
+from lale_hf.allocator import detect_allocator
 from lale_hf.benchmark import (
     TARGETS,
     ZOO,
@@ -24,12 +23,10 @@ from lale_hf.benchmark import (
     PeakTensorMemory,
     Target,
     Task,
-    allocator_env,
     build_model,
     build_report,
     count_flops,
     count_parameters,
-    detect_allocator,
     equal_budget_commands,
     evaluate_targets,
     flop_counter,
@@ -298,39 +295,27 @@ def test_read_accuracy_validates(tmp_path):
             read_accuracy([spec])
 
 
-def test_equal_budget_commands_use_train_py_flags_and_loadable_configs(tmp_path):
-    commands = equal_budget_commands(["lale-tiny", "upernet-convnext-7m"], "data/s2glc", tmp_path, 30, 42, extra_args=["--loss", "dice"])
+def test_equal_budget_commands_start_from_the_timed_weights(tmp_path):
+    commands = equal_budget_commands(["lale-tiny", "mobilevit-xxs-deeplabv3"], "data/s2glc", tmp_path, 30, 42, extra_args=["--loss", "dice"])
     name, command, results = commands[1]
-    assert name == "upernet-convnext-7m" and results == tmp_path / name / "run" / "all_results.json"
+    assert name == "mobilevit-xxs-deeplabv3" and results == tmp_path / name / "run" / "all_results.json"
     assert command[:3] == ["accelerate", "launch", "scripts/train.py"] and command[-2:] == ["--loss", "dice"]
     flags = dict(zip(command[3:-2:2], command[4:-2:2]))
-    assert flags == {"--config_name": str(tmp_path / name / "config"), "--dataset_name": "data/s2glc",
+    assert flags == {"--model_name_or_path": str(tmp_path / name / "init"), "--dataset_name": "data/s2glc",
                      "--output_dir": str(tmp_path / name / "run"), "--seed": "42", "--max_train_minutes": "30",
                      "--num_train_epochs": "100000", "--lr_scheduler_type": "constant_with_warmup"}  # fmt: skip
-    assert AutoConfig.from_pretrained(flags["--config_name"]).model_type == "upernet"
-    assert AutoConfig.from_pretrained(tmp_path / "lale-tiny" / "config").model_type == "lale"
+    # The saved starting point is the benchmark's model, batch norms included (not MobileViT's degenerate init).
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(flags["--model_name_or_path"])
+    expected = build_model(name, 42).state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+    assert AutoConfig.from_pretrained(tmp_path / "lale-tiny" / "init").model_type == "lale"
     with pytest.raises(ValueError):
         equal_budget_commands(["lale-tiny"], "d", tmp_path, 0, 42)
     # The flags the recipe relies on exist in scripts/train.py.
     train_help = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--help"], capture_output=True, text=True)
     for flag in flags:
         assert flag in train_help.stdout
-
-
-def test_allocator_env_preloads_or_strips_tcmalloc():
-    env = allocator_env("glibc", {"LD_PRELOAD": "libfoo.so /usr/lib/libtcmalloc.so.4"})
-    assert env["LD_PRELOAD"] == "libfoo.so"
-    assert "LD_PRELOAD" not in allocator_env("glibc", {"LD_PRELOAD": "libtcmalloc_minimal.so.4"})
-    with pytest.raises(ValueError):
-        allocator_env("jemalloc2", {})
-    try:
-        env = allocator_env("tcmalloc", {})
-    except RuntimeError:
-        pytest.skip("tcmalloc not installed (apt-get install libgoogle-perftools4)")
-    assert "tcmalloc" in env["LD_PRELOAD"]
-    probe = "from lale_hf.benchmark import detect_allocator; print(detect_allocator())"
-    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "tcmalloc"
 
 
 def test_lockstep_workers_never_run_at_the_same_time(tmp_path):

@@ -107,6 +107,20 @@ def test_channels_last_predictor_gives_the_same_logits_and_map(s2glc_sample, tin
     np.testing.assert_array_equal(predict_image(image, fast), predict_image(image, predictor))
 
 
+@pytest.mark.slow  # inductor compiles two graphs (a full and a partial batch), about a minute on two cores
+def test_compiled_predictor_gives_the_same_map(s2glc_sample, tiny_model, predictor):
+    scene = real_mosaic(s2glc_sample, 480, 520)  # 3x3 tiles at overlap 0.25: batches of 8 and 1
+    fresh = type(tiny_model)(tiny_model.config)  # never run, as after loading: no output-capturing hooks yet
+    fresh.load_state_dict(tiny_model.state_dict())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = TorchPredictor(fresh, LaleImageProcessor(), channels_last=True, torch_compile=True)
+    np.testing.assert_array_equal(predict_image(scene, compiled, batch_size=8), predict_image(scene, predictor, batch_size=8))
+    assert not torch._dynamo.utils.counters["graph_break"]  # one graph per batch size, nothing run eagerly between
+    with pytest.raises(ValueError, match="--torch_compile applies to PyTorch checkpoints, not to the ONNX file m.onnx"):
+        load_predictor("m.onnx", torch_compile=True)
+
+
 def test_single_patch_matches_the_default_processor_pipeline(s2glc_sample, tiny_model, predictor):
     image = Image.open(s2glc_sample / "val" / "images" / "s2glc_00250.png").convert("RGB")
     processor = LaleImageProcessor()
@@ -235,7 +249,7 @@ def test_real_rasters_through_predict_script(s2glc_sample, tiny_checkpoint, pred
     data[:, :40, :] = 0  # a no-data margin, as at the edge of a Sentinel-2 swath
     scene = write_geotiff(inputs / "scene.tif", data, nodata=0, tiled=True, blockxsize=256, blockysize=256)
 
-    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output-dir", tmp_path / "out", "--bands", "3,2,1", inputs)
+    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output_dir", tmp_path / "out", "--bands", "3,2,1", inputs)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert files_in(out) == [
@@ -322,7 +336,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(s2glc_sample, tiny_check
         ([two_bands], {}, ValueError, r"two_bands\.tif: has 2 bands and no red/green/blue .* e\.g\. --bands 3,2,1"),
         ([tmp_path / "missing.png"], {}, FileNotFoundError, r"missing\.png: no such file"),
         ([good], {"bands": "1,2"}, ValueError, r"expected three band numbers"),
-        ([good], {"tile_size": 100}, ValueError, r"--tile-size 100"),
+        ([good], {"tile_size": 100}, ValueError, r"--tile_size 100"),
         ([good], {"overlap": 0.9}, ValueError, r"--overlap 0.9"),
     ]
     for inputs, kwargs, error, message in cases:
@@ -372,7 +386,7 @@ def test_a_read_failure_midway_leaves_no_partial_outputs(s2glc_sample, predictor
 
 def test_cli_error_exits_2_naming_the_problem(s2glc_sample, tmp_path, clean_env):
     out = tmp_path / "out"
-    result = run_predict(clean_env, "--model", tmp_path / "nowhere", "--output-dir", out, s2glc_sample / "val" / "images")
+    result = run_predict(clean_env, "--model", tmp_path / "nowhere", "--output_dir", out, s2glc_sample / "val" / "images")
     assert result.returncode == 2
     assert f"--model {tmp_path / 'nowhere'}: no such folder" in result.stderr and "Traceback" not in result.stderr
     assert files_in(out) == []

@@ -61,7 +61,7 @@ def test_card_figures_match_the_preset(name):
     assert f"| parameters | {figures['parameters']:,} |" in text
     assert f"| GMACs per 256x256 image | {figures['gmacs']:.3f} |" in text
     assert f"| `model.safetensors` (fp32) | {figures['safetensors_bytes'] / 1e6:.2f} MB |" in text
-    assert "python scripts/benchmark_predict.py --model-figures" in text and "scripts/benchmark.py" in text
+    assert "python scripts/benchmark_predict.py --model_figures" in text and "scripts/benchmark.py" in text
 
     def row(values):
         return " / ".join(map(str, values))

@@ -75,8 +75,8 @@ def test_onnx_logits_match_on_a_real_mosaic_of_another_size(s2glc_sample, tiny_m
 def test_predict_script_runs_the_onnx_file(s2glc_sample, tiny_model, exported, tmp_path, clean_env):
     patch = s2glc_sample / "val" / "images" / "s2glc_00275.png"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(exported[0]), "--output-dir",
-         str(tmp_path), "--no-progress", str(patch)],
+        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(exported[0]), "--output_dir",
+         str(tmp_path), "--no_progress", str(patch)],
         env=clean_env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
