@@ -53,7 +53,7 @@ def allocator_env(allocator: str, env: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lale_hf.allocator tcmalloc` prints the library for LD_PRELOAD; with no argument, the current malloc."""
+    """`python -m lale_hf.allocator tcmalloc` prints the library for LD_PRELOAD; alone, the malloc in use."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print(detect_allocator())

@@ -15,6 +15,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import weakref
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
 from transformers import (
     AutoModelForSemanticSegmentation,
@@ -157,19 +158,39 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def _cpu_attention_flop(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def flop_counter() -> FlopCounterMode:
-    """torch's FLOP counter, with a convolution backward that respects groups."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+    """torch's FLOP counter, with a convolution backward that respects groups and CPU flash attention counted.
+
+    torch counts the CUDA flash, efficient and cuDNN attention kernels but not `_scaled_dot_product_flash_attention_
+    for_cpu`, which SDPA runs on the CPU: without it, a model on SDPA (LALE) would count no attention FLOPs while
+    one with matmul attention (SegFormer) counts them all.
+    """
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten.convolution_backward: _conv_backward_flop,
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flop,
+    })  # fmt: skip
 
 
 def count_flops(model: nn.Module, image_size: int, train: bool = False) -> float:
     """FLOPs per image from torch's FlopCounterMode (matmuls, convolutions, attention; elementwise ops are free).
 
-    With `train`, a forward with labels plus the backward pass (the optimizer step is elementwise, hence uncounted).
-    Counted on two images, since batch norm cannot train on one (MobileViT's pooled ASPP branch).
+    Inference is counted on one image, the usual convention (per-call work such as LALE's decoder weight product
+    counts once). With `train`, a forward with labels plus the backward pass (the optimizer step is elementwise,
+    hence uncounted), on two images, since batch norm cannot train on one (MobileViT's pooled ASPP branch).
     """
     device = next(model.parameters()).device
-    pixel_values = torch.randn(2, 3, image_size, image_size, device=device)
+    batch_size = 2 if train else 1
+    pixel_values = torch.randn(batch_size, 3, image_size, image_size, device=device)
     with flop_counter() as counter:
         if train:
             labels = torch.randint(0, model.config.num_labels, (2, image_size, image_size), device=device)
@@ -180,7 +201,17 @@ def count_flops(model: nn.Module, image_size: int, train: bool = False) -> float
                 model(pixel_values=pixel_values)
     model.zero_grad(set_to_none=True)
     model.eval()
-    return counter.get_total_flops() / 2
+    return counter.get_total_flops() / batch_size
+
+
+def model_figures(model: nn.Module, image_size: int = 256) -> dict:
+    """The static columns of the benchmark: parameters, GMACs per image (MACs = FLOPs / 2), fp32 safetensors bytes."""
+    return {
+        "parameters": count_parameters(model),
+        "gmacs": count_flops(model, image_size) / 2e9,
+        "safetensors_bytes": safetensors_bytes(model),
+        "image_size": image_size,
+    }
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -812,11 +843,15 @@ def read_accuracy(specs: Iterable[str]) -> dict[str, dict]:
     return accuracy
 
 
+# `accelerate launch` with this interpreter: the environment that runs the benchmark trains, whatever is on PATH.
+ACCELERATE_LAUNCH = (sys.executable, "-m", "accelerate.commands.launch")
+
+
 def equal_budget_commands(
     models: Iterable[str], dataset_name: str, output_dir: str | os.PathLike, minutes: float, seed: int,
     train_script: str = "scripts/train.py", extra_args: Iterable[str] = (),
 ) -> list[tuple[str, list[str], Path]]:  # fmt: skip
-    """One `accelerate launch scripts/train.py` per model: same data, seed and wall-clock budget.
+    """One `accelerate launch scripts/train.py` per model (`ACCELERATE_LAUNCH`): same data, seed and wall-clock budget.
 
     The budget must be what stops training, and the learning rate must not follow a step count that the budget cuts
     short: hence an epoch count no run reaches and a constant schedule (`extra_args` come last and can override).
@@ -831,7 +866,7 @@ def equal_budget_commands(
         init_dir, run_dir = Path(output_dir) / name / "init", Path(output_dir) / name / "run"
         build_model(name, seed).save_pretrained(init_dir)
         command = [
-            "accelerate", "launch", train_script, "--model_name_or_path", str(init_dir), "--dataset_name", dataset_name,
+            *ACCELERATE_LAUNCH, train_script, "--model_name_or_path", str(init_dir), "--dataset_name", dataset_name,
             "--output_dir", str(run_dir), "--seed", str(seed), "--max_train_minutes", f"{minutes:g}",
             "--num_train_epochs", "100000", "--lr_scheduler_type", "constant_with_warmup", *extra_args,
         ]  # fmt: skip

@@ -1165,27 +1165,6 @@ def predict_image(
 # Figures for model cards
 
 
-def model_figures(model, image_size: int = 256) -> dict:
-    """Parameters, GMACs for one image (FlopCounterMode, MACs = FLOPs / 2) and safetensors size in bytes."""
-    import tempfile
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(pixel_values=torch.zeros(1, 3, image_size, image_size))
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        size = os.path.getsize(os.path.join(folder, "model.safetensors"))
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "gmacs": counter.get_total_flops() / 2 / 1e9,
-        "safetensors_bytes": size,
-        "image_size": image_size,
-    }
-
-
 __all__ = [
     "AreaStatistics",
     "ImageSource",
@@ -1200,7 +1179,6 @@ __all__ = [
     "expand_inputs",
     "iter_label_rows",
     "load_predictor",
-    "model_figures",
     "open_source",
     "output_paths",
     "plan_tiles",

@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
-from lale_hf.inference import load_predictor, model_figures, predict_file
+from lale_hf.benchmark import model_figures
+from lale_hf.inference import load_predictor, predict_file
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

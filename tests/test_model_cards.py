@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from rasterio.transform import from_origin
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
-from lale_hf.inference import model_figures
+from lale_hf.benchmark import model_figures
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,15 +37,24 @@ def s2glc_dataset(s2glc_sample, tmp_path_factory) -> Path:
 def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "scripts/train.py", **kwargs):
     # accelerate 1.15's `--cpu` always starts one process; several CPU processes (gloo) take the multi-process
     # launcher with ACCELERATE_USE_CPU set.
-    device = ["--cpu"] if num_processes == 1 else ["--multi_gpu"]
+    device = ["--cpu"] if num_processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
     env = env if num_processes == 1 else {**env, "ACCELERATE_USE_CPU": "true"}
     command = [*ACCELERATE, "--num_processes", str(num_processes), "--num_machines", "1", *device,
                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def free_port() -> int:
+    """A port nobody listens on, so that a rendezvous never meets a previous run's socket (29500 by default)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def check(result):
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    if result.returncode != 0:  # the whole log, not pytest's shortened repr of it
+        pytest.fail(f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n"
+                    f"{result.stderr[-8000:]}", pytrace=False)  # fmt: skip
     return result
 
 
