@@ -75,6 +75,10 @@ def main(argv=None):
             print(f"{name:<{width}}  {results[f'eval_f1_{name}']:.4f}  {results[f'eval_iou_{name}']:.4f}")
         print(f"macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}; "
               f"results in {output_dir / 'eval_results.json'}, plot in {output_dir / 'confusion_matrix.png'}")
+    accelerator.wait_for_everyone()
+    # Closes the process group before exit: a rank leaving with gloo's threads alive can abort
+    # ("terminate called without an active exception").
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

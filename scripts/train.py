@@ -357,9 +357,6 @@ def main(argv=None):
         "stopped_by_time_budget": out_of_time,
         "num_processes": accelerator.num_processes,
     }
-    if args.with_tracking:
-        accelerator.end_training()
-
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -375,6 +372,9 @@ def main(argv=None):
             push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
         accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")
     accelerator.wait_for_everyone()
+    # Closes the trackers and the process group: a rank exiting with gloo's threads alive can abort
+    # ("terminate called without an active exception").
+    accelerator.end_training()
 
 
 def push_folder(args, folder, message):
