@@ -39,7 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
-from .file_utils import replace_folder, write_text_atomic
+from .file_utils import replace_folder, write_atomic
 from .image_processing_lale import color_mask_to_label_map
 
 
@@ -166,7 +166,7 @@ def write_md5_list(directory: str | os.PathLike, file_names: Iterable[str], list
     """Writes an `md5sum`-format list of `file_names` in `directory` (atomically) and returns its path."""
     directory = Path(directory)
     lines = [f"{md5_file(directory / name)}  {name}\n" for name in sorted(file_names)]
-    return write_text_atomic(directory / list_name, "".join(lines))
+    return write_atomic(directory / list_name, "".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from transformers import (
 
 from .allocator import detect_allocator
 from .configuration_lale import ARAS400K_LABELS, LALE_PRESETS, LaleConfig
+from .file_utils import write_atomic
 from .inference import compile_for_inference
 
 
@@ -876,23 +877,6 @@ def equal_budget_commands(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Report.
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes):
-    """Writes next to `path`, then renames: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; a report is for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def build_report(runs: list[dict], accuracy: dict | None = None, reference: str = "lale-tiny", command: str = "") -> dict:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,10 +23,19 @@ def replace_folder(staging: str | os.PathLike, destination: str | os.PathLike):
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes `text` to a temporary sibling, then renames it to `path`."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Writes `data` (text as UTF-8) to a temporary sibling, then renames it to `path`; creates the parent folder."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; outputs are for everyone to read
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path

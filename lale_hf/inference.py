@@ -1161,10 +1161,6 @@ def predict_image(
     return labels
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Figures for model cards
-
-
 __all__ = [
     "AreaStatistics",
     "ImageSource",

@@ -1,6 +1,7 @@
 """Training building blocks for `scripts/train.py`: overhead-imagery augmentation, losses, atomic checkpoints."""
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
+
+from .file_utils import write_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -297,11 +300,10 @@ def save_confusion_matrix_plot(confusion_matrix, id2label: dict[int, str], path:
     axes.set_title("Confusion matrix (rows sum to 1)")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    figure.savefig(partial, format="png")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    os.replace(partial, path)
+    write_atomic(path, buffer.getvalue())
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from lale_hf.allocator import allocator_env, detect_allocator
+from lale_hf.file_utils import write_atomic
 from lale_hf.benchmark import (
     DTYPES,
     PATHS,
@@ -42,7 +43,6 @@ from lale_hf.benchmark import (
     render_markdown,
     run_benchmark,
     run_lockstep,
-    write_atomic,
 )
 
 

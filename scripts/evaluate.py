@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from transformers import AutoModelForSemanticSegmentation
 
 import lale_hf  # noqa: F401  (registers LALE with the Auto classes)
-from lale_hf.file_utils import write_text_atomic
+from lale_hf.file_utils import write_atomic
 from lale_hf.training import (
     SegmentationDataset,
     evaluate,
@@ -67,7 +67,7 @@ def main(argv=None):
         summary = json_ready({
             **results, "split": args.split, "model": args.model_name_or_path, "num_processes": accelerator.num_processes
         })
-        write_text_atomic(output_dir / "eval_results.json", json.dumps(summary, indent=2))
+        write_atomic(output_dir / "eval_results.json", json.dumps(summary, indent=2))
         width = max(len(name) for name in id2label.values())
         print(f"{args.split}: {results['num_samples']} samples")
         print(f"{'class':<{width}}  F1      IoU")

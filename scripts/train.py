@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, get_scheduler
 
 from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
-from lale_hf.file_utils import replace_folder, write_text_atomic
+from lale_hf.file_utils import replace_folder, write_atomic
 from lale_hf.model_card import build_model_card
 from lale_hf.training import (
     OverheadAugmentation,
@@ -367,7 +367,7 @@ def main(argv=None):
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )
         card.save(output_dir / "README.md")
-        write_text_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))
+        write_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))
         if args.push_to_hub:
             push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
         accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
 from lale_hf.allocator import detect_allocator
+from lale_hf.file_utils import write_atomic
 from lale_hf.benchmark import (
     TARGETS,
     ZOO,
@@ -38,7 +39,6 @@ from lale_hf.benchmark import (
     run_benchmark,
     run_rounds,
     summarize,
-    write_atomic,
 )
 
 
