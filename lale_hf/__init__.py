@@ -1,4 +1,11 @@
-"""LALE for transformers. Importing this package registers LALE with the Auto classes."""
+"""LALE for transformers. Importing this package registers LALE with the Auto classes.
+
+`import lale_hf` loads only the config, the model, the image processor and the Auto registrations. Every other
+public name (conversion, prediction, ONNX export, metrics) is imported on first use through module `__getattr__`,
+so registering the model never pulls pyarrow, rasterio, onnx or matplotlib.
+"""
+
+import importlib
 
 from transformers import (
     AutoBackbone,
@@ -11,11 +18,6 @@ from transformers import (
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE, LALE_PRESETS, LaleConfig
 from .image_processing_lale import LaleImageProcessor, color_mask_to_label_map, colorize_label_map, scale_to_uint8
 from .modeling_lale import LaleBackbone, LaleForSemanticSegmentation, LaleModel, LalePreTrainedModel
-from .aras400k import convert_aras400k
-from .inference import predict_file, predict_image, predict_paths
-from .metrics import SegmentationMetrics
-from .onnx_export import export_onnx
-from .synthetic_landcover import generate_sample
 
 
 __version__ = "0.1.0"
@@ -32,6 +34,30 @@ LaleModel.register_for_auto_class("AutoModel")
 LaleForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 LaleBackbone.register_for_auto_class("AutoBackbone")
 LaleImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+# Public name -> the submodule that defines it, imported on first access.
+_LAZY_NAMES = {
+    "convert_aras400k": ".aras400k",
+    "generate_sample": ".synthetic_landcover",
+    "predict_file": ".inference",
+    "predict_image": ".inference",
+    "predict_paths": ".inference",
+    "SegmentationMetrics": ".metrics",
+    "export_onnx": ".onnx_export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES))
+
 
 __all__ = [
     "ARAS400K_LABELS",
