@@ -12,17 +12,7 @@ import numpy as np
 import torch
 
 from .image_processing_lale import LaleImageProcessor
-
-
-class _LogitsOnly(torch.nn.Module):
-    """The model with a plain tensor output, which is all the exported graph needs."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+from .inference.export_utils import LogitsOnly, relative_error
 
 
 def export_onnx(
@@ -54,7 +44,7 @@ def export_onnx(
     example = torch.zeros(2, 3, height, width)
     axes = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     program = torch.onnx.export(
-        _LogitsOnly(model).eval(),
+        LogitsOnly(model).eval(),
         (example,),
         dynamo=True,
         input_names=["pixel_values"],
@@ -102,10 +92,7 @@ def compare_with_onnx(model, onnx_path: str | os.PathLike, pixel_values: torch.T
 
     with torch.inference_mode():
         reference = model.eval()(pixel_values=pixel_values).logits.float()
-    onnx_logits = OnnxPredictor(onnx_path)(pixel_values.numpy())
-    if onnx_logits.shape != reference.shape:
-        raise ValueError(f"ONNX logits have shape {tuple(onnx_logits.shape)}, PyTorch {tuple(reference.shape)}.")
-    return float((onnx_logits - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+    return relative_error(OnnxPredictor(onnx_path)(pixel_values.numpy()), reference)
 
 
 __all__ = ["compare_with_onnx", "export_onnx"]

@@ -26,8 +26,8 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .image_processing_lale import LaleImageProcessor, scale_to_uint8
-from .visualization import colorize_with_legend, palette_for_labels
+from ..image_processing_lale import LaleImageProcessor, scale_to_uint8
+from ..visualization import colorize_with_legend, palette_for_labels
 
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
@@ -1043,7 +1043,7 @@ def predict_file(
 
 
 def _run_plan(plan: _Plan, predictor: Predictor, scaling, tile_size, overlap, batch_size, preview_size, progress) -> dict:
-    from . import __version__
+    from .. import __version__
 
     source = open_source(plan.path)
     staged = _StagedFiles()
