@@ -37,8 +37,10 @@ from lale_hf.training import (
     json_ready,
     list_checkpoints,
     load_segmentation_splits,
+    push_allow_patterns,
     save_confusion_matrix_plot,
     segmentation_loss,
+    tracked_hyperparameters,
 )
 
 
@@ -98,7 +100,11 @@ def parse_args(argv=None):
     run.add_argument("--report_to", default="tensorboard")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id")
-    run.add_argument("--hub_token")
+    run.add_argument(
+        "--hub_token",
+        help="Prefer the HF_TOKEN environment variable or `hf auth login`: a token on the command line stays in the "
+        "shell history and the process list. It is never tracked, written or pushed.",
+    )
     run.add_argument("--hub_private_repo", action="store_true")
     run.add_argument("--push_checkpoints", action="store_true", help="Also push every evaluated model as a commit.")
     args = parser.parse_args(argv)
@@ -224,7 +230,8 @@ def main(argv=None):
     class_weights = torch.tensor(args.class_weights) if args.class_weights else None
 
     if args.with_tracking:
-        accelerator.init_trackers("lale", {k: str(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items()})
+        # Trackers write their hyperparameters into files that a push uploads: never a credential.
+        accelerator.init_trackers("lale", tracked_hyperparameters(vars(args)))
 
     state = TrainingState()
     output_dir = Path(args.output_dir)
@@ -363,7 +370,7 @@ def main(argv=None):
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         card = build_model_card(
-            results=results, args=vars(args), config=unwrapped.config, num_parameters=unwrapped.num_parameters(),
+            results=results, args=tracked_hyperparameters(vars(args)), config=unwrapped.config, num_parameters=unwrapped.num_parameters(),
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )
         card.save(output_dir / "README.md")
@@ -380,11 +387,12 @@ def main(argv=None):
 def push_folder(args, folder, message):
     from huggingface_hub import HfApi
 
+    # token=None takes HF_TOKEN or the cached login.
     api = HfApi(token=args.hub_token)
     api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
     api.upload_folder(
         repo_id=args.hub_model_id, folder_path=folder, commit_message=message,
-        ignore_patterns=["step_*", ".*", "best/*", "*.partial"],
+        allow_patterns=push_allow_patterns(folder),
     )
 
 

@@ -103,6 +103,45 @@ def test_end_to_end_training_learns_saves_and_pushes(s2glc_dataset, tmp_path, hu
     assert pushed_card["mean_iou"] == results["eval_mean_iou"]
     assert pushed_card["accuracy"] == results["eval_overall_accuracy"]
 
+    # The token was given on the command line with tracking on: no pushed file of any commit, and no local output,
+    # may hold it (it once leaked through the tracked hyperparameters into runs/*/hparams.yml and the event file).
+    repo = hub_server.repo_path("org/lale-tiny")
+    pushed = pushed_contents(repo)
+    assert "README.md" in pushed and "model.safetensors" in pushed
+    assert any(name.startswith("runs/") for name in pushed), "the TensorBoard logs are part of the push"
+    assert not [name for name, data in pushed.items() if b"hf_test_token" in data]
+    assert not [p for p in output.rglob("*") if p.is_file() and b"hf_test_token" in p.read_bytes()]
+    assert all(allowed_in_push(name) for name in pushed), sorted(pushed)
+
+
+PUSH_ALLOWED_EXACT = {
+    ".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+    "configuration_lale.py", "modeling_lale.py", "image_processing_lale.py", "all_results.json",
+    "eval_results.json", "confusion_matrix.png",
+}
+
+
+def allowed_in_push(name: str) -> bool:
+    """The files a training push may upload: the model folder's own files and TensorBoard event files."""
+    return name in PUSH_ALLOWED_EXACT or (name.startswith("runs/") and ".tfevents." in name)
+
+
+def pushed_contents(repo: Path) -> dict[str, bytes]:
+    """Every file of every commit of a test-server repository, LFS files resolved to their content."""
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True).stdout
+
+    contents = {}
+    for commit in git("rev-list", "--all").decode().split():
+        for line in git("ls-tree", "-r", commit).decode().splitlines():
+            meta, name = line.split("\t", 1)
+            data = git("cat-file", "blob", meta.split()[2])
+            if data.startswith(b"version https://git-lfs"):
+                oid = next(x.split(":")[1] for x in data.decode().split() if x.startswith("sha256:"))
+                data = next((repo / ".git" / "lfs" / "objects").rglob(oid)).read_bytes()
+            contents[name] = contents.get(name, b"") + data
+    return contents
+
 
 # Loads a model through remote code where lale_hf cannot be imported; writes its logits and card metrics.
 REMOTE_CLIENT = """

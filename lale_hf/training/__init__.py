@@ -1,0 +1,37 @@
+"""Training building blocks used by `train.py`: augmentation, datasets, losses, checkpoints, evaluation, recipe."""
+
+from .augmentation import OverheadAugmentation
+from .checkpoints import TrainingState, list_checkpoints
+from .errors import TrainingDataError, TrainingError
+from .evaluation import evaluate, json_ready, save_confusion_matrix_plot
+from .losses import dice_loss, segmentation_loss
+from .segmentation_data import (
+    SegmentationDataset,
+    StreamingSegmentationDataset,
+    first_samples,
+    load_segmentation_splits,
+    normalize,
+)
+from .tracking import push_allow_patterns, secret_values, tracked_hyperparameters
+
+
+__all__ = [
+    "OverheadAugmentation",
+    "SegmentationDataset",
+    "StreamingSegmentationDataset",
+    "TrainingDataError",
+    "TrainingError",
+    "TrainingState",
+    "dice_loss",
+    "evaluate",
+    "first_samples",
+    "json_ready",
+    "list_checkpoints",
+    "load_segmentation_splits",
+    "normalize",
+    "push_allow_patterns",
+    "save_confusion_matrix_plot",
+    "secret_values",
+    "segmentation_loss",
+    "tracked_hyperparameters",
+]

@@ -1,0 +1,38 @@
+"""Atomic training checkpoints: the `step_N` folders and the position in the data that resumes exactly."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ..file_utils import write_atomic
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Finished `step_N` checkpoint folders, oldest first."""
+    folders = [p for p in Path(output_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[5:]))
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What a checkpoint needs beyond accelerate's state to resume exactly: the position in the data."""
+
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    best_macro_f1: float = -1.0
+    loss_history: list = dataclasses.field(default_factory=list)
+    last_eval: dict | None = None
+
+    def save(self, folder: str | os.PathLike):
+        (Path(folder) / "training_state.json").write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "TrainingState":
+        path = Path(folder) / "training_state.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a checkpoint of scripts/train.py: {path.name} is missing.")
+        return cls(**json.loads(path.read_text()))
