@@ -49,7 +49,12 @@ class LaleRMSNorm2d(nn.Module):
 class LaleStarReLU(nn.Module):
     """StarReLU (MetaFormer): `scale * relu(x) ** 2 + bias` with learnable scalars."""
 
-    def __init__(self, scale_value: float = 0.8944, bias_value: float = -0.4472):
+    # MetaFormer's initial values: for x ~ N(0, 1), relu(x) ** 2 has mean 1/2 and variance 5/4, so these give the
+    # output mean 0 and variance 1 (scale = 1 / sqrt(5/4), bias = -(1/2) / sqrt(5/4), rounded to four decimals).
+    INITIAL_SCALE = 0.8944
+    INITIAL_BIAS = -0.4472
+
+    def __init__(self, scale_value: float = INITIAL_SCALE, bias_value: float = INITIAL_BIAS):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(scale_value))
         self.bias = nn.Parameter(torch.tensor(bias_value))
@@ -300,8 +305,8 @@ class LalePreTrainedModel(PreTrainedModel):
         elif isinstance(module, (LaleRMSNorm, LaleRMSNorm2d)):
             init.ones_(module.weight)
         elif isinstance(module, LaleStarReLU):
-            init.constant_(module.scale, 0.8944)
-            init.constant_(module.bias, -0.4472)
+            init.constant_(module.scale, module.INITIAL_SCALE)
+            init.constant_(module.bias, module.INITIAL_BIAS)
 
 
 class LaleModel(LalePreTrainedModel):

@@ -8,6 +8,7 @@ from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemant
 from transformers import UperNetForSemanticSegmentation
 
 from lale_hf import LALE_PRESETS, LaleBackbone, LaleConfig, LaleForSemanticSegmentation, LaleModel
+from lale_hf.modeling_lale import LaleStarReLU
 
 
 def build(config: LaleConfig, seed: int = 0) -> LaleForSemanticSegmentation:
@@ -78,6 +79,18 @@ def test_loss_ignores_255_and_matches_segformer_recipe():
     other[:, :20] = 3
     assert not torch.allclose(model(pixel_values, labels=other).loss, outputs.loss)
     torch.testing.assert_close(model(pixel_values, labels=relabelled).loss, outputs.loss)
+
+
+def test_star_relu_starts_with_zero_mean_unit_variance_output():
+    model = build(LaleConfig())
+    activations = [module for module in model.modules() if isinstance(module, LaleStarReLU)]
+    assert len(activations) == 9  # the stem, each of the 7 blocks' channel MLP, the decoder
+    for activation in activations:
+        assert activation.scale.item() == pytest.approx(0.8944) and activation.bias.item() == pytest.approx(-0.4472)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        output = activations[0](torch.randn(1_000_000, generator=generator))
+    assert abs(output.mean().item()) < 0.01 and abs(output.std().item() - 1) < 0.01
 
 
 def test_return_dict_false_gives_tuple():
