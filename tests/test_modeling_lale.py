@@ -72,13 +72,28 @@ def test_loss_ignores_255_and_matches_segformer_recipe():
     valid = labels != 255
     expected = torch.nn.functional.cross_entropy(upsampled.permute(0, 2, 3, 1)[valid], labels[valid])
     torch.testing.assert_close(outputs.loss, expected)
-    # Whatever the ignored pixels would have been, the loss does not see them.
-    relabelled = labels.clone()
-    relabelled[:, :20] = 255
-    other = labels.clone()
-    other[:, :20] = 3
-    assert not torch.allclose(model(pixel_values, labels=other).loss, outputs.loss)
-    torch.testing.assert_close(model(pixel_values, labels=relabelled).loss, outputs.loss)
+
+    # Logits that reach only ignored pixels do not change the loss. Rows 0-19 of the 64x64 labels are ignored; the
+    # 1/4-resolution logit rows 0-3 reach output rows 0-17 only through bilinear upsampling, so perturb those.
+    def perturb_top_rows(module, inputs, logits):
+        logits = logits.clone()
+        logits[:, :, :4] += 10 * torch.randn_like(logits[:, :, :4])
+        return logits
+
+    labelled_everywhere = labels.clone()
+    labelled_everywhere[:, :20] = 3
+    with torch.no_grad():
+        unperturbed_labelled = model(pixel_values, labels=labelled_everywhere).loss
+        handle = model.decode_head.register_forward_hook(perturb_top_rows)
+        try:
+            perturbed = model(pixel_values, labels=labels)
+            perturbed_labelled = model(pixel_values, labels=labelled_everywhere).loss
+        finally:
+            handle.remove()
+    assert not torch.equal(perturbed.logits, outputs.logits)
+    assert torch.equal(perturbed.loss, outputs.loss)
+    # The same perturbation does change the loss once those pixels carry labels.
+    assert not torch.allclose(perturbed_labelled, unperturbed_labelled)
 
 
 def test_star_relu_starts_with_zero_mean_unit_variance_output():
@@ -174,27 +189,38 @@ def test_folded_decoder_equals_project_upsample_concatenate_fuse():
     with torch.no_grad():  # non-zero biases, so that their folding is checked too
         for projection in head.projections:
             projection.bias.normal_()
-    features = [f.detach().requires_grad_() for f in model.lale(torch.randn(2, 3, 96, 160), output_hidden_states=True).hidden_states[1:]]
+    features = [
+        f.detach().requires_grad_()
+        for f in model.lale(torch.randn(2, 3, 96, 160), output_hidden_states=True).hidden_states[1:]
+    ]
     size = features[0].shape[2:]
     upsampled = [
         torch.nn.functional.interpolate(projection(x), size=size, mode="bilinear", align_corners=False)
-        for projection, x in zip(head.projections, features)
+        for projection, x in zip(head.projections, features, strict=True)
     ]
     reference = head.classifier(head.act(head.norm(head.fuse(torch.cat(upsampled[::-1], dim=1)))))
-    reference_grads = torch.autograd.grad(reference.square().sum(), [*features, head.fuse.weight, head.projections[2].bias])
+    reference_grads = torch.autograd.grad(
+        reference.square().sum(), [*features, head.fuse.weight, head.projections[2].bias]
+    )
     folded = head(features)
     folded_grads = torch.autograd.grad(folded.square().sum(), [*features, head.fuse.weight, head.projections[2].bias])
     torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
-    for got, expected in zip(folded_grads, reference_grads):
+    for got, expected in zip(folded_grads, reference_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_forward_runs():
-    model = build(LaleConfig()).to(torch.bfloat16)
+def test_bf16_forward_agrees_with_fp32():
+    model = build(LaleConfig(initializer_range=0.05))  # logits that vary in space, so the range is meaningful
+    pixel_values = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)).logits
+        reference = model(pixel_values).logits
+        logits = model.to(torch.bfloat16)(pixel_values.to(torch.bfloat16)).logits
     assert logits.dtype == torch.bfloat16
-    assert torch.isfinite(logits.float()).all()
+    # bfloat16 keeps 8 significant bits (0.4 % per rounding). Through about a dozen layers the largest logit error
+    # measured 0.8 % of the fp32 logits' range here, 1.3 % to 1.8 % on real patches (3 seeds). Bound: 3 %.
+    error = (logits.float() - reference).abs().max()
+    assert error <= 0.03 * (reference.max() - reference.min())
+    assert (logits.float().argmax(1) == reference.argmax(1)).float().mean() > 0.95
 
 
 def test_attention_at_high_resolution_is_a_config_change():
@@ -234,7 +260,10 @@ def test_backbone_registered_and_feature_maps():
 def test_lale_backbone_inside_upernet_trains_and_round_trips(tmp_path):
     backbone_config = LaleConfig(out_features=["stage1", "stage2", "stage3", "stage4"])
     config = UperNetConfig(
-        backbone_config=backbone_config, num_labels=7, hidden_size=64, auxiliary_in_channels=128,
+        backbone_config=backbone_config,
+        num_labels=7,
+        hidden_size=64,
+        auxiliary_in_channels=128,
         use_auxiliary_head=False,
     )
     torch.manual_seed(0)
@@ -261,12 +290,16 @@ def test_lale_backbone_inside_upernet_trains_and_round_trips(tmp_path):
     ("kwargs", "message"),
     [
         ({"hidden_sizes": (24, 48, 128)}, "`hidden_sizes` has 3 entries but `depths` has 4"),
-        ({"depths": (), "hidden_sizes": (), "block_types": (), "mlp_ratios": (), "num_attention_heads": ()},
-         "`depths` must name at least one stage"),
+        (
+            {"depths": (), "hidden_sizes": (), "block_types": (), "mlp_ratios": (), "num_attention_heads": ()},
+            "`depths` must name at least one stage",
+        ),
         ({"depths": (2, 0, 1, 2)}, "`depths` must hold positive integers"),
         ({"decoder_hidden_size": 0}, "`decoder_hidden_size` must be a positive integer"),
-        ({"block_types": ("convmixer", "attention", "transformer", "transformer")},
-         "`block_types[1]` is 'attention'; expected one of ('convmixer', 'transformer')"),
+        (
+            {"block_types": ("convmixer", "attention", "transformer", "transformer")},
+            "`block_types[1]` is 'attention'; expected one of ('convmixer', 'transformer')",
+        ),
         ({"hidden_sizes": (24, 48, 130, 256)}, "Stage 2 is a transformer stage of width 130, which is not divisible"),
         ({"convmixer_kernel_size": 6}, "`convmixer_kernel_size` must be a positive odd integer, got 6"),
         ({"drop_path_rate": 1.0}, "`drop_path_rate` must lie in [0, 1), got 1.0"),
@@ -290,4 +323,6 @@ def test_heads_only_constrain_transformer_stages():
     # Stage 2 (width 48) is a ConvMixer stage, so 5 heads there are irrelevant and allowed.
     LaleConfig(num_attention_heads=(1, 5, 4, 8))
     with pytest.raises(StrictDataclassClassValidationError, match="Stage 1 is a transformer stage of width 48"):
-        LaleConfig(num_attention_heads=(1, 5, 4, 8), block_types=("convmixer", "transformer", "transformer", "transformer"))
+        LaleConfig(
+            num_attention_heads=(1, 5, 4, 8), block_types=("convmixer", "transformer", "transformer", "transformer")
+        )
