@@ -1,0 +1,90 @@
+"""What `import lale_hf` costs: wall time and peak RSS in fresh interpreters, medians over several runs.
+
+    python benchmarks/import_cost.py                       # the lale_hf this interpreter imports
+    mkdir /tmp/lale-old && git archive 9288aa9 | tar -x -C /tmp/lale-old
+    python benchmarks/import_cost.py --cwd /tmp/lale-old   # lale_hf/ in --cwd wins over the installed package
+
+Each statement runs in its own interpreter, started from `--cwd`; the rows for `pass`, torch and transformers show
+what the interpreter and the dependencies cost on their own. The last column names the heavy optional modules the
+statement left in `sys.modules`.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+
+HEAVY_MODULES = ("pyarrow", "rasterio", "onnx", "onnxruntime", "matplotlib", "sqlite3")
+STATEMENTS = ("pass", "import torch", "import transformers", "import lale_hf")
+
+# Runs in the child: times the statement and reports peak RSS (Linux ru_maxrss is in KiB).
+CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+exec(sys.argv[1])
+seconds = time.perf_counter() - start
+module = sys.modules.get("lale_hf")
+print(json.dumps({
+    "seconds": seconds,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "heavy": [name for name in sys.argv[2].split(",") if name in sys.modules],
+    "lale_hf_file": getattr(module, "__file__", None),
+}))
+"""
+
+
+class ImportFailed(RuntimeError):
+    """A measured statement failed in its interpreter."""
+
+
+def measure(statement: str, python: str, cwd: str) -> dict:
+    """One fresh interpreter: seconds for the statement, peak RSS of the whole process, heavy modules loaded."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
+    result = subprocess.run(
+        [python, "-c", CHILD, statement, ",".join(HEAVY_MODULES)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ImportFailed(f"`{statement}` failed in {python} (cwd {cwd}):\n{result.stderr.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def median_costs(statement: str, python: str, cwd: str, runs: int) -> dict:
+    samples = [measure(statement, python, cwd) for _ in range(runs)]
+    return {
+        "seconds": statistics.median(s["seconds"] for s in samples),
+        "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in samples),
+        "heavy": samples[-1]["heavy"],
+        "lale_hf_file": samples[-1]["lale_hf_file"],
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    parser.add_argument("--cwd", default=os.getcwd(), help="directory the interpreters start in (default: here)")
+    parser.add_argument("--runs", type=int, default=5, help="fresh interpreters per statement; the median is shown")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    try:
+        rows = [(statement, median_costs(statement, args.python, args.cwd, args.runs)) for statement in STATEMENTS]
+    except ImportFailed as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"lale_hf imported from {rows[-1][1]['lale_hf_file']}; median of {args.runs} fresh interpreters\n")
+    print("| statement | import time (s) | peak RSS (MiB) | heavy modules loaded |")
+    print("|---|---|---|---|")
+    for statement, costs in rows:
+        heavy = ", ".join(costs["heavy"]) or "none"
+        print(f"| `{statement}` | {costs['seconds']:.2f} | {costs['peak_rss_mib']:.0f} | {heavy} |")
+
+
+if __name__ == "__main__":
+    main()
