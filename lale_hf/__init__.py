@@ -37,8 +37,8 @@ LaleImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 # Public name -> the submodule that defines it, imported on first access.
 _LAZY_NAMES = {
-    "convert_aras400k": ".aras400k",
-    "generate_sample": ".synthetic_landcover",
+    "convert_aras400k": ".data.conversion",
+    "generate_sample": ".data.synthetic_landcover",
     "predict_file": ".inference",
     "predict_image": ".inference",
     "predict_paths": ".inference",

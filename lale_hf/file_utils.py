@@ -1,9 +1,11 @@
 """Atomic file and folder writes: a reader never sees a half-written output."""
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -23,19 +25,34 @@ def replace_folder(staging: str | os.PathLike, destination: str | os.PathLike):
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _readable_mode() -> int:
+    """0666 less the process umask: what `open()` would have given the file (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` (an empty file) to write to; renames it onto `path` when the block ends
+    without an exception, removes it otherwise. For writers that need a path (zipfile, pyarrow, onnx.save_model).
+    Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(descriptor)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.chmod(temporary, _readable_mode())  # outputs are for everyone to read
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Writes `data` (text as UTF-8) to a temporary sibling, then renames it to `path`; creates the parent folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; outputs are for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return path

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from datasets import load_dataset
 
-from lale_hf.aras400k import convert_aras400k
-from lale_hf.synthetic_landcover import generate_sample
+from lale_hf.data import convert_aras400k, generate_sample
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

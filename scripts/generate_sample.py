@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from lale_hf.synthetic_landcover import DEFAULT_SAMPLE_SIZES, generate_sample
+from lale_hf.data import DEFAULT_SAMPLE_SIZES, Aras400kError, generate_sample
 
 
 def parse_args():
@@ -22,15 +22,19 @@ def parse_args():
         parser.add_argument(f"--num_{split}", type=int, default=default, help=f"Patches in {split}.zip (0: none).")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
-    return parser.parse_args()
+    return parser, parser.parse_args()
 
 
 def main():
-    args = parse_args()
+    parser, args = parse_args()
     sizes = {split: getattr(args, f"num_{split}") for split in DEFAULT_SAMPLE_SIZES}
     sizes = {split: count for split, count in sizes.items() if count > 0}
-    output_dir = generate_sample(args.output_dir, seed=args.seed, sizes=sizes, num_proc=args.num_proc,
-                                 overwrite=args.overwrite)
+    try:
+        output_dir = generate_sample(
+            args.output_dir, seed=args.seed, sizes=sizes, num_proc=args.num_proc, overwrite=args.overwrite
+        )
+    except Aras400kError as error:
+        parser.exit(2, f"error: {error}\n")
     print((output_dir / "md5sums.txt").read_text(), end="")
     print(f"{sum(sizes.values())} patches -> {output_dir}")
 

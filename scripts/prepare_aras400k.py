@@ -15,10 +15,9 @@ overrides the published sums for the files it lists (the generated sample ships 
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-from lale_hf.aras400k import (
+from lale_hf.data import (
     DEFAULT_MAX_SHARD_SIZE,
     SPLIT_SOURCES,
     Aras400kError,
@@ -26,46 +25,73 @@ from lale_hf.aras400k import (
     prepare_embedded_sample,
     push_dataset_to_hub,
 )
+from lale_hf.file_utils import write_atomic
+from lale_hf.hub_utils import HubPushError
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input_dir", type=Path, help="Folder holding train.zip, val.zip, test.zip, synth.zip (any "
-                        "subset) or the extracted train/, val/, test/, synth/ folders.")
+    parser.add_argument(
+        "--input_dir",
+        type=Path,
+        help="Folder holding train.zip, val.zip, test.zip, synth.zip (any "
+        "subset) or the extracted train/, val/, test/, synth/ folders.",
+    )
     parser.add_argument("--output_dir", type=Path, required=True, help="Where to write the dataset folder.")
     parser.add_argument("--splits", nargs="+", choices=list(SPLIT_SOURCES), help="Convert only these splits.")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="Worker processes.")
     parser.add_argument("--skip_md5", action="store_true", help="Do not verify the zips' MD5 sums.")
-    parser.add_argument("--skip_unpaired", action="store_true",
-                        help="Leave out unpaired and duplicated file stems (counted in the report) instead of failing.")
-    parser.add_argument("--unknown_to_ignore", action="store_true",
-                        help="Map mask colours outside the ARAS palette to 255 (ignore) instead of failing.")
+    parser.add_argument(
+        "--skip_unpaired",
+        action="store_true",
+        help="Leave out unpaired and duplicated file stems (counted in the report) instead of failing.",
+    )
+    parser.add_argument(
+        "--unknown_to_ignore",
+        action="store_true",
+        help="Map mask colours outside the ARAS palette to 255 (ignore) instead of failing.",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
-    parser.add_argument("--max_shard_size", type=int, default=DEFAULT_MAX_SHARD_SIZE,
-                        help="Target size of one Parquet shard, in bytes.")
-    parser.add_argument("--generate_sample", action="store_true",
-                        help="Generate the procedural ARAS400k-format sample and convert it (no --input_dir).")
+    parser.add_argument(
+        "--max_shard_size", type=int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
+    )
+    parser.add_argument(
+        "--generate_sample",
+        action="store_true",
+        help="Generate the procedural ARAS400k-format sample and convert it (no --input_dir).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated sample.")
-    parser.add_argument("--sample_sizes", type=json.loads, default=None,
-                        help='Patches per split of the generated sample, e.g. \'{"train": 512, "val": 128}\'.')
+    parser.add_argument(
+        "--sample_sizes",
+        type=json.loads,
+        default=None,
+        help='Patches per split of the generated sample, e.g. \'{"train": 512, "val": 128}\'.',
+    )
     parser.add_argument("--report_json", type=Path, help="Also write the conversion report as JSON here.")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="Publish the converted folder as this dataset repo.")
-    parser.add_argument("--hub_token", default=None, help="Hub token (defaults to the logged-in one).")
+    parser.add_argument(
+        "--hub_token",
+        default=None,
+        help="Hub token. Prefer the HF_TOKEN environment variable or `hf auth login`, the default.",
+    )
     parser.add_argument("--hub_private", action="store_true", help="Create the Hub repository as private.")
     args = parser.parse_args()
     if args.generate_sample == (args.input_dir is not None):
         parser.error("pass exactly one of --input_dir and --generate_sample")
-    return args
+    return parser, args
 
 
 def main():
-    args = parse_args()
+    parser, args = parse_args()
 
     # Convert (or generate and convert); the output folder appears only when everything succeeded.
     try:
         if args.generate_sample:
             report = prepare_embedded_sample(
-                args.output_dir, seed=args.seed, sizes=args.sample_sizes, num_proc=args.num_proc,
+                args.output_dir,
+                seed=args.seed,
+                sizes=args.sample_sizes,
+                num_proc=args.num_proc,
                 overwrite=args.overwrite,
             )
         else:
@@ -81,14 +107,17 @@ def main():
                 max_shard_size=args.max_shard_size,
             )
     except Aras400kError as error:
-        sys.exit(f"error: {error}")
+        parser.exit(2, f"error: {error}\n")
     print(report.format_table())
     if args.report_json:
-        args.report_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_atomic(args.report_json, json.dumps(report.to_dict(), indent=2) + "\n")
 
-    # Publish the finished folder as it is.
+    # Publish the card, the class names and the shards (nothing else in the folder).
     if args.push_to_hub:
-        url = push_dataset_to_hub(args.output_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private)
+        try:
+            url = push_dataset_to_hub(args.output_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private)
+        except (Aras400kError, HubPushError) as error:
+            parser.exit(2, f"error: {error}\n")
         print(f"Pushed to {url}")
 
 

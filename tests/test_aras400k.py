@@ -17,16 +17,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from lale_hf.aras400k import (
+from lale_hf.configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from lale_hf.data import (
     PUBLISHED_MD5,
     Aras400kError,
-    _iter_zip_members,
     convert_aras400k,
     parse_patch_name,
     write_md5_list,
     write_split_zip,
 )
-from lale_hf.configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from lale_hf.data.zip_members import iter_zip_members
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,11 @@ def real_pairs(s2glc: Path, split: str, count: int) -> list[tuple[str, bytes, by
     """The first `count` (name, image PNG, colour mask PNG) pairs of a split of the real sample."""
     names = sorted(path.stem for path in (s2glc / split / "images").glob("*.png"))[:count]
     return [
-        (name, (s2glc / split / "images" / f"{name}.png").read_bytes(), (s2glc / split / "masks" / f"{name}.png").read_bytes())
+        (
+            name,
+            (s2glc / split / "images" / f"{name}.png").read_bytes(),
+            (s2glc / split / "masks" / f"{name}.png").read_bytes(),
+        )
         for name in names
     ]
 
@@ -47,7 +51,9 @@ def build_zips(folder: Path, s2glc: Path, prefix: str, compression=zipfile.ZIP_D
     """ARAS-format zips of the round-trip subset, members under `prefix` (with `{split}`), plus md5sums.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in ROUND_TRIP_SIZES.items():
-        write_split_zip(folder / f"{split}.zip", real_pairs(s2glc, split, count), prefix.format(split=split), compression)
+        write_split_zip(
+            folder / f"{split}.zip", real_pairs(s2glc, split, count), prefix.format(split=split), compression
+        )
     write_md5_list(folder, [f"{split}.zip" for split in ROUND_TRIP_SIZES])
     return folder
 
@@ -118,7 +124,7 @@ def test_dataset_card_and_class_names(s2glc_sample, tmp_path):
     ]
     assert [s["num_examples"] for s in metadata["dataset_info"]["splits"]] == [20, 8]
     assert "Grounding Synthetic Data Generation" in card and "2603.09625" in card
-    for name, color in zip(ARAS400K_LABELS, ARAS400K_PALETTE):
+    for name, color in zip(ARAS400K_LABELS, ARAS400K_PALETTE, strict=True):
         assert f"| {name} | ({color[0]}, {color[1]}, {color[2]}) |" in card
     assert json.loads((output / "id2label.json").read_text()) == {str(i): n for i, n in enumerate(ARAS400K_LABELS)}
     info = load_dataset(str(output), split="validation").info
@@ -289,7 +295,9 @@ def test_unpaired_and_duplicated_stems_skipped_with_the_flag(tmp_path, val_pairs
 
 def test_non_png_member(tmp_path, val_pairs):
     members = pair_members(val_pairs) + [("ARAS400k/val/images/notes.txt", b"not an image")]
-    assert_fails_cleanly(tmp_path, r"val.zip: 1 file\(s\) in images/ or masks/ are not PNG: 'ARAS400k/val/images/notes.txt'", members)
+    assert_fails_cleanly(
+        tmp_path, r"val.zip: 1 file\(s\) in images/ or masks/ are not PNG: 'ARAS400k/val/images/notes.txt'", members
+    )
 
 
 def test_jpeg_bytes_named_png(tmp_path, val_pairs):
@@ -361,8 +369,11 @@ def test_image_not_rgb(tmp_path, val_pairs, mode):
     name, image_png, mask_png = val_pairs[0]
     converted = png_bytes(np.asarray(Image.open(io.BytesIO(image_png))), mode)
     kind = {"RGBA": "RGBA", "L": "grayscale"}[mode]
-    message = assert_fails_cleanly(tmp_path, rf"is a {kind} PNG \(8 bits per channel\); ARAS400k images must be 8-bit RGB",
-                                   pair_members([(name, converted, mask_png)]))
+    message = assert_fails_cleanly(
+        tmp_path,
+        rf"is a {kind} PNG \(8 bits per channel\); ARAS400k images must be 8-bit RGB",
+        pair_members([(name, converted, mask_png)]),
+    )
     assert f"images/{name}.png" in message
 
 
@@ -376,13 +387,13 @@ def test_empty_split(tmp_path, val_pairs):
 
 
 def test_killed_worker_is_an_error_not_a_hang(s2glc_sample, tmp_path, monkeypatch):
-    import lale_hf.aras400k as converter
+    from lale_hf.data import shard_workers
 
     def killed(task):
         os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
 
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
-    monkeypatch.setattr(converter, "_convert_shard", killed)  # forked workers inherit it
+    monkeypatch.setattr(shard_workers, "convert_shard", killed)  # forked workers inherit it
     with pytest.raises(RuntimeError, match="died with exit code -9"):
         convert_aras400k(zips, tmp_path / "out" / "dataset", num_proc=2)
     assert list((tmp_path / "out").iterdir()) == []
@@ -409,7 +420,7 @@ def test_zip64_central_directory_is_read(tmp_path, val_pairs, monkeypatch):
     with zipfile.ZipFile(tmp_path / "val.zip") as archive:
         assert any(info.header_offset > 1024 for info in archive.infolist())
         expected = [(info.filename, info.file_size) for info in archive.infolist()]
-    assert [(name, size) for name, size, _ in _iter_zip_members(tmp_path / "val.zip")] == expected
+    assert [(name, size) for name, size, _ in iter_zip_members(tmp_path / "val.zip")] == expected
     report = convert_aras400k(tmp_path, tmp_path / "dataset", verify_md5=False)
     assert report.splits["validation"].num_examples == 3
 
@@ -418,13 +429,30 @@ def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     script = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py")]
-    failed = subprocess.run([*script, "--input_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 1 and "is not a folder" in failed.stderr
+    failed = subprocess.run(
+        [*script, "--input_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 2 and "error: --input_dir" in failed.stderr and "is not a folder" in failed.stderr
     done = subprocess.run(
-        [*script, "--input_dir", str(zips), "--output_dir", str(tmp_path / "out"), "--num_proc", "2",
-         "--report_json", str(tmp_path / "report.json")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            *script,
+            "--input_dir",
+            str(zips),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_proc",
+            "2",
+            "--report_json",
+            str(tmp_path / "report.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "28 pairs in" in done.stdout
@@ -458,13 +486,31 @@ def test_push_to_hub_publishes_the_same_dataset(s2glc_sample, tmp_path, hub_serv
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
     env = hub_server.env({"PYTHONPATH": str(REPO_ROOT)})
     pushed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--input_dir", str(zips),
-         "--output_dir", str(tmp_path / "dataset"), "--num_proc", "1", "--push_to_hub", "hubtest/aras400k-real"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "prepare_aras400k.py"),
+            "--input_dir",
+            str(zips),
+            "--output_dir",
+            str(tmp_path / "dataset"),
+            "--num_proc",
+            "1",
+            "--push_to_hub",
+            "hubtest/aras400k-real",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert pushed.returncode == 0, f"{pushed.stderr[-3000:]}\n--- server log ---\n{hub_server.log_tail()}"
-    pulled = subprocess.run([sys.executable, "-c", PULL_CONVERTED, "hubtest/aras400k-real"], env=hub_server.env(),
-                            capture_output=True, text=True, timeout=300)
+    pulled = subprocess.run(
+        [sys.executable, "-c", PULL_CONVERTED, "hubtest/aras400k-real"],
+        env=hub_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pulled.returncode == 0, f"{pulled.stderr[-3000:]}\n--- server log ---\n{hub_server.log_tail()}"
     remote = json.loads(pulled.stdout.strip().splitlines()[-1])
 
@@ -476,3 +522,47 @@ def test_push_to_hub_publishes_the_same_dataset(s2glc_sample, tmp_path, hub_serv
     assert remote["loaded"] == expected and remote["streamed"] == expected
     assert remote["id2label"] == json.loads((tmp_path / "dataset" / "id2label.json").read_text())
     assert "Built-up" in remote["description"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Package structure
+
+
+def test_data_modules_import_no_cycle_and_the_package_imports_light(clean_env):
+    import ast
+
+    package = REPO_ROOT / "lale_hf" / "data"
+    modules = sorted(path.stem for path in package.glob("*.py") if path.stem != "__init__")
+    imports = {}
+    for name in modules:
+        tree = ast.parse((package / f"{name}.py").read_text())
+        # Module-level relative imports only: imports inside functions run late and cannot form a cycle at import.
+        imports[name] = {
+            node.module.split(".")[0]
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+    visiting, done = set(), set()
+
+    def visit(name, path):
+        assert name not in visiting, f"import cycle: {' -> '.join(path + [name])}"
+        if name in done:
+            return
+        visiting.add(name)
+        for imported in imports[name]:
+            visit(imported, path + [name])
+        visiting.discard(name)
+        done.add(name)
+
+    for name in modules:
+        visit(name, [])
+
+    check = (
+        "import sys, lale_hf.data\n"
+        "loaded = sorted(m for m in sys.modules if m in ('pyarrow', 'sqlite3') or m.startswith('lale_hf.data.'))\n"
+        "print(loaded)\n"
+    )
+    env = {**clean_env, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

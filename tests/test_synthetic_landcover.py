@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from lale_hf.aras400k import SAMPLE_MARKER, parse_patch_name, prepare_embedded_sample, read_md5_list
 from lale_hf.configuration_lale import ARAS400K_PALETTE
-from lale_hf.synthetic_landcover import WATER, generate_patch, generate_sample
+from lale_hf.data import SAMPLE_MARKER, parse_patch_name, prepare_embedded_sample, read_md5_list
+from lale_hf.data.synthetic_landcover import WATER, generate_patch, generate_sample
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_sample_follows_the_aras400k_distribution_format(tmp_path):
             masks = sorted(n for n in names if n.startswith(f"ARAS400k/{split}/masks/"))
             assert len(images) == len(masks) == count and len(names) == 2 * count
             assert [n.split("/")[-1] for n in images] == [n.split("/")[-1] for n in masks]
-            for image_name, mask_name in zip(images, masks):
+            for image_name, mask_name in zip(images, masks, strict=True):
                 tile, row, col = parse_patch_name(Path(image_name).stem)
                 assert tile is not None and 0 <= row < 40 and 0 <= col < 40
                 tiles.setdefault(split, set()).add(tile)
@@ -110,7 +110,10 @@ def test_generated_sample_passes_through_the_converter(tmp_path):
     report = prepare_embedded_sample(tmp_path / "dataset", seed=2, sizes=TINY, num_proc=2)
     assert report.procedural_sample
     assert {s: r.num_examples for s, r in report.splits.items()} == {
-        "train": 6, "validation": 3, "test": 2, "synthetic": 3
+        "train": 6,
+        "validation": 3,
+        "test": 2,
+        "synthetic": 3,
     }
     assert all(r.md5_checked_against.endswith("md5sums.txt") for r in report.splits.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # temporary zips removed
@@ -130,9 +133,21 @@ def test_command_line_generates_and_converts_the_sample(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--generate_sample", "--seed", "4",
-         "--sample_sizes", json.dumps({"train": 4, "val": 2}), "--output_dir", str(tmp_path / "dataset")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "prepare_aras400k.py"),
+            "--generate_sample",
+            "--seed",
+            "4",
+            "--sample_sizes",
+            json.dumps({"train": 4, "val": 2}),
+            "--output_dir",
+            str(tmp_path / "dataset"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 pairs in" in done.stdout

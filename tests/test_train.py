@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from lale_hf import LaleForSemanticSegmentation
-from lale_hf.aras400k import convert_aras400k
+from lale_hf.data import convert_aras400k
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ seed whatever the number of processes.
 
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import uuid
@@ -24,9 +23,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .aras400k import SAMPLE_MARKER, SPLIT_SOURCES, write_md5_list, write_split_zip
-from .file_utils import replace_folder
-from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from ..configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from ..file_utils import replace_folder
+from .aras400k_format import SAMPLE_MARKER, SPLIT_SOURCES, Aras400kError, OutputFolderError
+from .checksums import write_md5_list
+from .worker_processes import process_context
+from .zip_members import write_split_zip
 
 
 GENERATOR_VERSION = 1
@@ -258,12 +260,10 @@ def generate_sample(
     sizes = dict(DEFAULT_SAMPLE_SIZES if sizes is None else sizes)
     unknown = [split for split in sizes if split not in SPLIT_SOURCES.values()]
     if unknown or any(count < 1 for count in sizes.values()):
-        raise ValueError(
-            f"`sizes` must map some of {list(SPLIT_SOURCES.values())} to positive counts, got {sizes}."
-        )
+        raise Aras400kError(f"`sizes` must map some of {list(SPLIT_SOURCES.values())} to positive counts, got {sizes}.")
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
+        raise OutputFolderError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
     staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     tiles = _split_tiles(seed, sizes)
@@ -271,15 +271,14 @@ def generate_sample(
     pool = None
     try:
         if num_proc > 1:
-            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            pool = context.Pool(num_proc)
+            pool = process_context().Pool(num_proc)
         with tqdm(total=sum(sizes.values()), unit="patch", desc="Generating sample", dynamic_ncols=True) as bar:
             for split, count in sizes.items():
                 jobs = [(seed, split_codes[split], i, patch_name(tiles[split], i)) for i in range(count)]
                 write_split_zip(staging / f"{split}.zip", _iter_pairs(jobs, pool, bar), prefix=f"ARAS400k/{split}/")
         write_md5_list(staging, [f"{split}.zip" for split in sizes])
         marker = {
-            "generator": "lale_hf.synthetic_landcover",
+            "generator": "lale_hf.data.synthetic_landcover",
             "version": GENERATOR_VERSION,
             "seed": seed,
             "sizes": sizes,
