@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Exports a LALE checkpoint (Hub id or folder) to ONNX with dynamic batch, height and width.
 
-The label names and the preprocessing (mean, std, rescale factor) go into the ONNX metadata, so that
-`scripts/predict.py --model model.onnx` runs it through ONNX Runtime with the same pre- and post-processing.
+The label names and the checkpoint's preprocessing (mean, std, rescale factor, channel order) go into the ONNX
+metadata, so that `scripts/predict.py --model model.onnx` runs it through ONNX Runtime with the same pre- and
+post-processing.
 
 Example:
   python scripts/export_onnx.py --model org/lale-tiny --output lale-tiny.onnx
@@ -14,7 +15,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import lale_hf  # noqa: F401  (registers LALE with the Auto classes)
-from lale_hf.onnx_export import compare_with_onnx, export_onnx
+from lale_hf.inference import InferenceError, compare_with_onnx, export_onnx
 
 
 def parse_args():
@@ -38,16 +39,17 @@ def main():
     except (OSError, ValueError):
         processor = None  # no preprocessor_config.json: LALE's defaults
     try:
-        path = export_onnx(model, args.output, image_processor=processor, opset_version=args.opset, model_name=args.model)
-    except (OSError, ValueError, ImportError) as error:
+        path = export_onnx(
+            model, args.output, image_processor=processor, opset_version=args.opset, model_name=args.model
+        )
+        print(f"wrote {path}")
+        if not args.no_check:
+            generator = torch.Generator().manual_seed(0)
+            for shape in ((1, 3, 256, 256), (2, 3, 384, 512)):
+                error = compare_with_onnx(model, path, torch.randn(*shape, generator=generator))
+                print(f"ONNX Runtime vs PyTorch, input {shape}: max relative logit difference {error:.2e}")
+    except (InferenceError, OSError, ImportError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"wrote {path}")
-
-    if not args.no_check:
-        generator = torch.Generator().manual_seed(0)
-        for shape in ((1, 3, 256, 256), (2, 3, 384, 512)):
-            error = compare_with_onnx(model, path, torch.randn(*shape, generator=generator))
-            print(f"ONNX Runtime vs PyTorch, input {shape}: max relative logit difference {error:.2e}")
 
 
 if __name__ == "__main__":

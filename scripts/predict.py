@@ -17,8 +17,9 @@ Scaling (--scaling) turns raw values into the 8-bit RGB the model was trained on
 divided by its own maximum). "auto" uses 8-bit input as is and, for anything else, "patch_max_median": one divisor
 for the whole scene, the median over its 256x256 blocks of each block's maximum, found in a first streaming pass.
 On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one brightness across tiles, so no seams.
-"tile_max" divides each tile by its own maximum, "scene_max" by the scene maximum; a number is a fixed gain. The
-choice and the divisor or gain used are recorded in the outputs (stats JSON, GeoTIFF tags, PNG text).
+"per_patch_max" divides each tile by its own maximum ("tile_max" is its deprecated name), "scene_max" by the scene
+maximum; a number is a fixed gain. The choice and the divisor or gain used are recorded in the outputs (stats JSON,
+GeoTIFF tags, PNG text).
 
 Scenes larger than a tile are predicted in sliding windows (--tile_size, --overlap) whose logits are averaged with
 linear ramps over the overlaps, so tile borders leave no seams. Rasters are read and GeoTIFFs written window by
@@ -29,7 +30,7 @@ one byte per pixel. GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX mo
 
 import argparse
 
-from lale_hf.inference import SCALING_METHODS, predict_paths
+from lale_hf.inference import SCALING_METHODS, InferenceError, predict_paths
 
 
 def parse_args():
@@ -37,12 +38,16 @@ def parse_args():
     parser.add_argument("inputs", nargs="+", help="Image files, rasters (GeoTIFF...) or folders of them.")
     parser.add_argument("--model", required=True, help="Hub id, local checkpoint folder, or .onnx file.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--bands", help="1-based bands to use as R,G,B, e.g. 3,2,1 for B,G,R,NIR stacks (default: RGB).")
+    parser.add_argument(
+        "--bands", help="1-based bands to use as R,G,B, e.g. 3,2,1 for B,G,R,NIR stacks (default: RGB)."
+    )
     parser.add_argument(
         "--scaling", default="auto", help=f"One of {', '.join(SCALING_METHODS)}, or a fixed gain (default: auto)."
     )
     parser.add_argument("--tile_size", type=int, default=256, help="Sliding-window size in pixels (multiple of 32).")
-    parser.add_argument("--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile.")
+    parser.add_argument(
+        "--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile."
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--preview_size", type=int, default=2048, help="Longest side of the colourised preview.")
     parser.add_argument("--num_threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
@@ -76,7 +81,7 @@ def main():
             num_threads=args.num_threads,
             torch_compile=args.torch_compile,
         )
-    except (OSError, ValueError, ImportError) as error:
+    except (InferenceError, OSError, ImportError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
     for result in results:

@@ -13,11 +13,14 @@ import rasterio
 import torch
 from PIL import Image
 from rasterio.transform import from_origin
+from transformers import MobileViTImageProcessorPil, SegformerImageProcessorPil
 
 from lale_hf import ARAS400K_PALETTE, LaleImageProcessor
 from lale_hf.inference import (
     AreaStatistics,
     ImageSource,
+    InferenceError,
+    Scaling,
     TorchPredictor,
     blend_weights,
     check_scaling,
@@ -28,6 +31,7 @@ from lale_hf.inference import (
     predict_paths,
     resolve_scaling,
 )
+from lale_hf.preprocessing import Preprocessing, PreprocessingError, preprocessing_from_processor
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +65,17 @@ def raw_mosaic(s2glc_sample: Path, height: int = 600, width: int = 700) -> np.nd
 
 
 def write_geotiff(path: Path, data: np.ndarray, crs="EPSG:32633", transform=UTM_TRANSFORM, nodata=None, **extra):
-    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=data.dtype,
-                   crs=crs, transform=transform, nodata=nodata, **extra)
+    profile = dict(
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **extra,
+    )
     with rasterio.open(path, "w", **profile) as dataset:
         dataset.write(data)
     return path
@@ -84,7 +97,9 @@ def files_in(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("size", [(256, 256), (250, 130), (64, 200)])
 def test_one_tile_equals_plain_whole_image_inference(s2glc_sample, tiny_model, predictor, size):
-    image = np.array(Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB"))[: size[0], : size[1]]
+    image = np.array(Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB"))[
+        : size[0], : size[1]
+    ]
     processor = LaleImageProcessor()
     pixel_values = processor(image, do_resize=False, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
@@ -115,7 +130,9 @@ def test_compiled_predictor_gives_the_same_map(s2glc_sample, tiny_model, predict
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = TorchPredictor(fresh, LaleImageProcessor(), channels_last=True, torch_compile=True)
-    np.testing.assert_array_equal(predict_image(scene, compiled, batch_size=8), predict_image(scene, predictor, batch_size=8))
+    np.testing.assert_array_equal(
+        predict_image(scene, compiled, batch_size=8), predict_image(scene, predictor, batch_size=8)
+    )
     assert not torch._dynamo.utils.counters["graph_break"]  # one graph per batch size, nothing run eagerly between
     with pytest.raises(ValueError, match="--torch_compile applies to PyTorch checkpoints, not to the ONNX file m.onnx"):
         load_predictor("m.onnx", torch_compile=True)
@@ -130,11 +147,50 @@ def test_single_patch_matches_the_default_processor_pipeline(s2glc_sample, tiny_
     np.testing.assert_array_equal(predict_image(image, predictor), plain)
 
 
+@pytest.mark.parametrize(
+    "processor_class", [LaleImageProcessor, SegformerImageProcessorPil, MobileViTImageProcessorPil]
+)
+def test_preprocessing_equals_each_models_own_processor(s2glc_sample, tiny_model, processor_class):
+    image = np.array(Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB"))[:200, :160]
+    processor = processor_class()
+    expected = processor(image, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"][0]
+    preprocessing = preprocessing_from_processor(processor)
+
+    assert torch.equal(preprocessing.to_tensor(image), expected)  # bit for bit
+    assert torch.equal(preprocessing.to_tensor(np.stack([image, image]))[1], expected)
+    assert Preprocessing.from_dict(preprocessing.to_dict()) == preprocessing
+    if processor_class is MobileViTImageProcessorPil:  # BGR, rescaled, not normalised
+        assert preprocessing.flip_channel_order and not preprocessing.do_normalize
+        assert torch.equal(expected[0], torch.from_numpy((image[..., 2] * (1 / 255)).astype(np.float32)))
+    else:
+        assert not preprocessing.flip_channel_order and preprocessing.mean == tuple(processor.image_mean)
+    # A predictor feeds its model what the model's own processor gives.
+    predictor = TorchPredictor(tiny_model, processor)
+    np.testing.assert_array_equal(predictor.normalize(image), expected.numpy())
+    with pytest.raises(PreprocessingError, match="expected a uint8 image"):
+        preprocessing.to_array(image.astype(np.float32))
+
+
+def test_preprocessing_records_from_older_onnx_files_read_as_rgb():
+    legacy = {
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "rescale_factor": 1 / 255,
+        "do_rescale": True,
+        "do_normalize": True,
+    }
+    assert Preprocessing.from_dict(legacy) == Preprocessing(size=None)
+    with pytest.raises(PreprocessingError, match="incomplete preprocessing record"):
+        Preprocessing.from_dict({"image_mean": [0.5]})
+
+
 def naive_blend(image: np.ndarray, predictor, tile_size: int, overlap: float) -> np.ndarray:
     """The blend held whole in memory: every tile's weighted logits summed into one scene-size buffer, normalised,
     upsampled once. The streaming implementation must give exactly this."""
     grid = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap)
-    padded = np.pad(image, ((0, grid.padded_height - image.shape[0]), (0, grid.padded_width - image.shape[1]), (0, 0)), mode="edge")
+    padded = np.pad(
+        image, ((0, grid.padded_height - image.shape[0]), (0, grid.padded_width - image.shape[1]), (0, 0)), mode="edge"
+    )
     cells = (grid.padded_height // 4, grid.padded_width // 4)
     total = torch.zeros(len(predictor.id2label), *cells)
     weight = torch.zeros(cells)
@@ -142,8 +198,10 @@ def naive_blend(image: np.ndarray, predictor, tile_size: int, overlap: float) ->
         for x in grid.xs:
             tile = padded[y : y + grid.tile_height, x : x + grid.tile_width]
             logits = predictor(predictor.normalize(tile)[None])[0]
-            w = torch.from_numpy(blend_weights(y, grid.tile_height, grid.padded_height, grid.overlap))[:, None] * \
-                torch.from_numpy(blend_weights(x, grid.tile_width, grid.padded_width, grid.overlap))[None, :]
+            w = (
+                torch.from_numpy(blend_weights(y, grid.tile_height, grid.padded_height, grid.overlap))[:, None]
+                * torch.from_numpy(blend_weights(x, grid.tile_width, grid.padded_width, grid.overlap))[None, :]
+            )
             total[:, y // 4 : (y + grid.tile_height) // 4, x // 4 : (x + grid.tile_width) // 4] += logits * w
             weight[y // 4 : (y + grid.tile_height) // 4, x // 4 : (x + grid.tile_width) // 4] += w
     upsampled = torch.nn.functional.interpolate(
@@ -152,7 +210,9 @@ def naive_blend(image: np.ndarray, predictor, tile_size: int, overlap: float) ->
     return upsampled.argmax(dim=0)[: image.shape[0], : image.shape[1]].numpy().astype(np.uint8)
 
 
-@pytest.mark.parametrize("size, tile_size, overlap", [((300, 460), 256, 0.25), ((201, 300), 128, 0.5), ((150, 603), 128, 0.25)])
+@pytest.mark.parametrize(
+    "size, tile_size, overlap", [((300, 460), 256, 0.25), ((201, 300), 128, 0.5), ((150, 603), 128, 0.25)]
+)
 def test_streaming_equals_the_whole_scene_blend(s2glc_sample, predictor, size, tile_size, overlap):
     image = real_mosaic(s2glc_sample, *size)
     streamed = predict_image(image, predictor, tile_size=tile_size, overlap=overlap, batch_size=3)
@@ -164,7 +224,7 @@ def test_tiles_cover_the_scene_on_the_logit_grid():
     assert (grid.padded_height, grid.padded_width) == (604, 10980)
     assert grid.ys == (0, 192, 348) and grid.xs[-1] == 10980 - 256
     assert all(start % 4 == 0 for start in grid.ys + grid.xs)
-    assert all(b - a <= 192 for a, b in zip(grid.xs, grid.xs[1:]))
+    assert all(b - a <= 192 for a, b in zip(grid.xs[:-1], grid.xs[1:], strict=True))
     # Neighbouring ramps cross-fade: they sum to one over an overlap of exactly 64 pixels.
     left, right = blend_weights(0, 256, 1000, 64), blend_weights(192, 256, 1000, 64)
     np.testing.assert_allclose(left[-16:] + right[:16], 1.0, rtol=1e-6)
@@ -174,6 +234,7 @@ def test_tiles_cover_the_scene_on_the_logit_grid():
 
 def border_change_rates(labels: np.ndarray, grid) -> tuple[float, float]:
     """How often neighbouring pixels differ across tile edges, and across every other pixel line."""
+
     def edges(starts, tile, length):
         return sorted({s for s in starts if s > 0} | {s + tile for s in starts if s + tile < length})
 
@@ -213,7 +274,9 @@ def test_scaling_choices(s2glc_sample):
     patch = resolve_scaling(source, (3, 2, 1), "auto")
     assert patch.method == "patch_max_median" and patch.peak == float(rgb.max())
     np.testing.assert_array_equal(patch.apply(rgb), expected)  # the ARAS400k per-patch scaling, exactly
-    np.testing.assert_array_equal(resolve_scaling(source, (3, 2, 1), "tile_max").apply(rgb), expected)
+    np.testing.assert_array_equal(resolve_scaling(source, (3, 2, 1), "per_patch_max").apply(rgb), expected)
+    with pytest.warns(FutureWarning, match="tile_max is deprecated; use per_patch_max"):
+        assert resolve_scaling(source, (3, 2, 1), "tile_max") == Scaling("per_patch_max")
     assert resolve_scaling(source, (3, 2, 1), "scene_max").peak == float(rgb.max())
     gain = resolve_scaling(source, (3, 2, 1), 0.085)
     np.testing.assert_array_equal(gain.apply(rgb), np.clip(rgb * np.float32(0.085), 0, 255).astype(np.uint8))
@@ -249,12 +312,20 @@ def test_real_rasters_through_predict_script(s2glc_sample, tiny_checkpoint, pred
     data[:, :40, :] = 0  # a no-data margin, as at the edge of a Sentinel-2 swath
     scene = write_geotiff(inputs / "scene.tif", data, nodata=0, tiled=True, blockxsize=256, blockysize=256)
 
-    result = run_predict(clean_env, "--model", tiny_checkpoint, "--output_dir", tmp_path / "out", "--bands", "3,2,1", inputs)
+    result = run_predict(
+        clean_env, "--model", tiny_checkpoint, "--output_dir", tmp_path / "out", "--bands", "3,2,1", inputs
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert files_in(out) == [
-        "s2glc_00042_classes.png", "s2glc_00042_color.png", "s2glc_00042_stats.csv", "s2glc_00042_stats.json",
-        "scene_classes.tif", "scene_color.png", "scene_stats.csv", "scene_stats.json",
+        "s2glc_00042_classes.png",
+        "s2glc_00042_color.png",
+        "s2glc_00042_stats.csv",
+        "s2glc_00042_stats.json",
+        "scene_classes.tif",
+        "scene_color.png",
+        "scene_stats.csv",
+        "scene_stats.json",
     ]
 
     # The patch (no CRS): a PNG class map. Scaled by the default, the raw patch is exactly the ARAS-style PNG, so
@@ -292,7 +363,9 @@ def test_real_rasters_through_predict_script(s2glc_sample, tiny_checkpoint, pred
     assert sum(item["km2"] for item in stats["classes"]) == pytest.approx(42.0)
     assert sum(item["percent"] for item in stats["classes"]) == pytest.approx(100.0)
     nodata = [item for item in stats["classes"] if item["id"] == 255]
-    assert nodata == [{"id": 255, "label": "no data", "pixels": 40 * 700, "percent": pytest.approx(40 / 6), "km2": pytest.approx(2.8)}]
+    assert nodata == [
+        {"id": 255, "label": "no data", "pixels": 40 * 700, "percent": pytest.approx(40 / 6), "km2": pytest.approx(2.8)}
+    ]
     counts = np.bincount(labels.ravel(), minlength=256)
     assert [item["pixels"] for item in stats["classes"]] == [int(counts[item["id"]]) for item in stats["classes"]]
     csv_rows = (out / "scene_stats.csv").read_text().splitlines()
@@ -329,22 +402,36 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(s2glc_sample, tiny_check
     out = tmp_path / "out"
 
     cases = [
-        ([good, garbage_png], {}, ValueError, r"garbage\.png: cannot read it as an image"),
-        ([garbage_tif], {}, ValueError, r"garbage\.tif: cannot read it as a raster"),
-        ([good, empty], {}, ValueError, r"empty\.png: the file is empty \(0 bytes\)"),
-        ([two_bands], {"bands": "3,2,1"}, ValueError, r"two_bands\.tif: has 2 band\(s\), but --bands asks for band 3"),
-        ([two_bands], {}, ValueError, r"two_bands\.tif: has 2 bands and no red/green/blue .* e\.g\. --bands 3,2,1"),
+        ([good, garbage_png], {}, InferenceError, r"garbage\.png: cannot read it as an image"),
+        ([garbage_tif], {}, InferenceError, r"garbage\.tif: cannot read it as a raster"),
+        ([good, empty], {}, InferenceError, r"empty\.png: the file is empty \(0 bytes\)"),
+        (
+            [two_bands],
+            {"bands": "3,2,1"},
+            InferenceError,
+            r"two_bands\.tif: has 2 band\(s\), but --bands asks for band 3",
+        ),
+        ([two_bands], {}, InferenceError, r"two_bands\.tif: has 2 bands and no red/green/blue .* e\.g\. --bands 3,2,1"),
         ([tmp_path / "missing.png"], {}, FileNotFoundError, r"missing\.png: no such file"),
-        ([good], {"bands": "1,2"}, ValueError, r"expected three band numbers"),
-        ([good], {"tile_size": 100}, ValueError, r"--tile_size 100"),
-        ([good], {"overlap": 0.9}, ValueError, r"--overlap 0.9"),
+        ([good], {"bands": "1,2"}, InferenceError, r"expected three band numbers"),
+        ([good], {"tile_size": 100}, InferenceError, r"--tile_size 100"),
+        ([good], {"overlap": 0.9}, InferenceError, r"--overlap 0.9"),
+        ([good], {"batch_size": 0}, InferenceError, r"--batch_size 0: expected a positive integer"),
+        ([good], {"preview_size": 0}, InferenceError, r"--preview_size 0: expected a positive integer"),
+        (
+            [good],
+            {"scaling": "per_pixel"},
+            InferenceError,
+            r"--scaling 'per_pixel': expected one of auto, none, "
+            r"per_patch_max",
+        ),
     ]
     for inputs, kwargs, error, message in cases:
         with pytest.raises(error, match=message):
             predict_paths(inputs, predictor, out, progress=False, **kwargs)
         assert files_in(out) == [], (inputs, kwargs)
 
-    with pytest.raises(ValueError, match="zero size"):
+    with pytest.raises(InferenceError, match="zero size"):
         predict_image(np.zeros((0, 5, 3), dtype=np.uint8), predictor)
 
 
@@ -378,15 +465,17 @@ def test_a_read_failure_midway_leaves_no_partial_outputs(s2glc_sample, predictor
         handle.seek(int(size * 0.6))
         handle.write(b"\xff" * int(size * 0.2))
     out = tmp_path / "out"
-    # tile_max needs no first pass, so the damaged block is met only after the class raster has been started.
-    with pytest.raises(ValueError, match=r"cut\.tif: cannot read rows"):
-        predict_file(scene, predictor, out, bands=(3, 2, 1), scaling="tile_max", progress=False)
+    # per_patch_max needs no first pass, so the damaged block is met only after the class raster has been started.
+    with pytest.raises(InferenceError, match=r"cut\.tif: cannot read rows"):
+        predict_file(scene, predictor, out, bands=(3, 2, 1), scaling="per_patch_max", progress=False)
     assert files_in(out) == []
 
 
 def test_cli_error_exits_2_naming_the_problem(s2glc_sample, tmp_path, clean_env):
     out = tmp_path / "out"
-    result = run_predict(clean_env, "--model", tmp_path / "nowhere", "--output_dir", out, s2glc_sample / "val" / "images")
+    result = run_predict(
+        clean_env, "--model", tmp_path / "nowhere", "--output_dir", out, s2glc_sample / "val" / "images"
+    )
     assert result.returncode == 2
     assert f"--model {tmp_path / 'nowhere'}: no such folder" in result.stderr and "Traceback" not in result.stderr
     assert files_in(out) == []
@@ -404,7 +493,10 @@ def test_missing_optional_extras_are_named(s2glc_sample, clean_env, tmp_path):
     model.write_bytes(b"x")
     result = subprocess.run(
         [sys.executable, "-c", code, str(s2glc_sample / "raw-tif" / "s2glc_00003.tif"), str(model)],
-        env=clean_env, capture_output=True, text=True, timeout=120,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'lale-hf[geo]'" in result.stdout and "pip install 'lale-hf[onnx]'" in result.stdout

@@ -14,8 +14,15 @@ import torch
 from PIL import Image
 
 from lale_hf import ARAS400K_LABELS
-from lale_hf.inference import OnnxPredictor, TorchPredictor, load_predictor, predict_image
-from lale_hf.onnx_export import compare_with_onnx, export_onnx
+from lale_hf.inference import (
+    OnnxPredictor,
+    TorchPredictor,
+    compare_with_onnx,
+    export_onnx,
+    load_predictor,
+    predict_image,
+)
+from lale_hf.preprocessing import Preprocessing
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +34,18 @@ def exported(tiny_checkpoint, tmp_path_factory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("onnx") / "lale-tiny.onnx"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "export_onnx.py"), "--model", str(tiny_checkpoint), "--output", str(path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "export_onnx.py"),
+            "--model",
+            str(tiny_checkpoint),
+            "--output",
+            str(path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return path, result.stdout
@@ -38,7 +55,7 @@ def real_patches(s2glc_sample: Path, names) -> list[np.ndarray]:
     return [np.array(Image.open(s2glc_sample / "val" / "images" / f"{name}.png").convert("RGB")) for name in names]
 
 
-def test_export_is_one_file_with_dynamic_axes_and_labels(exported):
+def test_export_is_one_file_with_dynamic_axes_and_labels(exported, tiny_model):
     path, stdout = exported
     assert sorted(p.name for p in path.parent.iterdir()) == ["lale-tiny.onnx"]  # no external data, no leftovers
     model = onnx.load(path)
@@ -49,13 +66,17 @@ def test_export_is_one_file_with_dynamic_axes_and_labels(exported):
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     assert json.loads(metadata["label_names"]) == list(ARAS400K_LABELS)
     assert json.loads(metadata["id2label"]) == {str(i): label for i, label in enumerate(ARAS400K_LABELS)}
-    assert json.loads(metadata["preprocessing"])["image_std"] == [0.229, 0.224, 0.225]
+    preprocessing = json.loads(metadata["preprocessing"])
+    assert preprocessing["image_std"] == [0.229, 0.224, 0.225] and preprocessing["do_flip_channel_order"] is False
+    assert Preprocessing.from_dict(preprocessing) == TorchPredictor(tiny_model).preprocessing
     assert metadata["output_stride"] == "4" and metadata["model_type"] == "lale"
     # The script compared ONNX Runtime with PyTorch on two input sizes itself.
     assert stdout.count("max relative logit difference") == 2
 
 
-@pytest.mark.parametrize("names, crop", [(("s2glc_00241", "s2glc_00245", "s2glc_00290"), None), (("s2glc_00250",), (192, 160))])
+@pytest.mark.parametrize(
+    "names, crop", [(("s2glc_00241", "s2glc_00245", "s2glc_00290"), None), (("s2glc_00250",), (192, 160))]
+)
 def test_onnx_runtime_logits_match_pytorch_on_real_patches(s2glc_sample, tiny_model, exported, names, crop):
     images = real_patches(s2glc_sample, names)
     if crop:
@@ -75,14 +96,25 @@ def test_onnx_logits_match_on_a_real_mosaic_of_another_size(s2glc_sample, tiny_m
 def test_predict_script_runs_the_onnx_file(s2glc_sample, tiny_model, exported, tmp_path, clean_env):
     patch = s2glc_sample / "val" / "images" / "s2glc_00275.png"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(exported[0]), "--output_dir",
-         str(tmp_path), "--no_progress", str(patch)],
-        env=clean_env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "predict.py"),
+            "--model",
+            str(exported[0]),
+            "--output_dir",
+            str(tmp_path),
+            "--no_progress",
+            str(patch),
+        ],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "s2glc_00275_stats.json").read_text())
     assert stats["prediction"]["backend"] == "onnxruntime"
-    assert stats["prediction"]["preprocessing"] == TorchPredictor(tiny_model).preprocessing
+    assert stats["prediction"]["preprocessing"] == TorchPredictor(tiny_model).preprocessing.to_dict()
     onnx_labels = np.array(Image.open(tmp_path / "s2glc_00275_classes.png"))
     torch_labels = predict_image(Image.open(patch), tiny_model)
     # Logits agree to ~1e-6, so only exact near-ties could flip a pixel.
@@ -91,7 +123,9 @@ def test_predict_script_runs_the_onnx_file(s2glc_sample, tiny_model, exported, t
 
 def test_onnx_and_pytorch_agree_on_a_tiled_scene(s2glc_sample, tiny_model, exported):
     patches = real_patches(s2glc_sample, ("s2glc_00260", "s2glc_00261", "s2glc_00262", "s2glc_00263"))
-    scene = np.concatenate([np.concatenate(patches[:2], axis=1), np.concatenate(patches[2:], axis=1)], axis=0)[:500, :460]
+    scene = np.concatenate([np.concatenate(patches[:2], axis=1), np.concatenate(patches[2:], axis=1)], axis=0)[
+        :500, :460
+    ]
     onnx_labels = predict_image(scene, load_predictor(exported[0]), batch_size=4)
     torch_labels = predict_image(scene, tiny_model, batch_size=4)
     assert (onnx_labels == torch_labels).mean() > 0.999

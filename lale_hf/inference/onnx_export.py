@@ -1,18 +1,23 @@
 """ONNX export of a segmentation model: dynamic batch, height and width; labels and preprocessing in the metadata.
 
-`lale_hf.inference.OnnxPredictor` reads that metadata, so an exported file predicts with the same pre- and
-post-processing as the PyTorch model. Needs the `onnx` extra (onnx, onnxscript; onnxruntime to check or run).
+`OnnxPredictor` reads that metadata, so an exported file predicts with the same pre- and post-processing as the
+PyTorch model. Needs the `onnx` extra (onnx, onnxscript; onnxruntime to check or run).
 """
 
 import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .image_processing_lale import LaleImageProcessor
-from .inference.export_utils import LogitsOnly, relative_error
+from ..file_utils import write_atomic
+from ..image_processing_lale import LaleImageProcessor
+from ..preprocessing import PreprocessingError, preprocessing_from_processor
+from .errors import InferenceError
+from .export_utils import LogitsOnly, relative_error
+from .extras import import_onnx
+from .predictors import OnnxPredictor
+from .tiling import OUTPUT_STRIDE
 
 
 def export_onnx(
@@ -25,23 +30,25 @@ def export_onnx(
 ) -> Path:
     """Writes `model` as one self-contained ONNX file with dynamic batch, height and width.
 
-    The metadata holds `id2label` and `label_names` (JSON), the `preprocessing` (mean, std, rescale factor) and the
-    `output_stride` of the logits. The file is written under a temporary name and renamed when complete.
+    The metadata holds `id2label` and `label_names` (JSON), the `preprocessing` of `image_processor` (LALE's
+    defaults without one: `Preprocessing.to_dict()`, with mean, std, rescale factor and channel order) and the
+    `output_stride` of the logits. The file appears atomically, only when complete.
     """
-    try:
-        import onnx
-    except ImportError as error:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'lale-hf[onnx]'.") from error
-    from . import __version__
+    onnx = import_onnx()
+    from .. import __version__
 
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".onnx":
-        raise ValueError(f"--output {output_path}: expected a file name ending in .onnx.")
+        raise InferenceError(f"--output {output_path}: expected a file name ending in .onnx.")
     processor = image_processor if image_processor is not None else LaleImageProcessor()
+    try:
+        preprocessing = preprocessing_from_processor(processor)
+    except PreprocessingError as error:
+        raise InferenceError(f"--model {model_name or type(model).__name__}: {error}") from error
     model = model.eval()
     height, width = (example_size, example_size) if isinstance(example_size, int) else example_size
     # Tracing size only: the exported axes are dynamic.
-    example = torch.zeros(2, 3, height, width)
+    example = torch.zeros(2, preprocessing.num_channels, height, width)
     axes = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     program = torch.onnx.export(
         LogitsOnly(model).eval(),
@@ -58,16 +65,8 @@ def export_onnx(
     metadata = {
         "id2label": json.dumps(id2label),
         "label_names": json.dumps(list(id2label.values())),
-        "preprocessing": json.dumps(
-            {
-                "image_mean": [float(v) for v in np.broadcast_to(processor.image_mean, (3,))],
-                "image_std": [float(v) for v in np.broadcast_to(processor.image_std, (3,))],
-                "rescale_factor": float(processor.rescale_factor),
-                "do_rescale": bool(processor.do_rescale),
-                "do_normalize": bool(processor.do_normalize),
-            }
-        ),
-        "output_stride": "4",
+        "preprocessing": json.dumps(preprocessing.to_dict()),
+        "output_stride": str(OUTPUT_STRIDE),
         "model_type": str(model.config.model_type),
         "source_model": model_name or getattr(model, "name_or_path", "") or type(model).__name__,
         "exporter": f"lale_hf {__version__}, torch {torch.__version__} (dynamo)",
@@ -76,23 +75,20 @@ def export_onnx(
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output_path.with_name(f".{output_path.name}.partial")
-    try:
-        onnx.save_model(proto, temporary)
-        os.replace(temporary, output_path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return output_path
+    # One self-contained protobuf (no external data), so its serialised bytes are the whole file.
+    return write_atomic(output_path, proto.SerializeToString())
 
 
 def compare_with_onnx(model, onnx_path: str | os.PathLike, pixel_values: torch.Tensor) -> float:
-    """Largest absolute difference between ONNX Runtime and PyTorch logits, relative to the largest |logit|."""
-    from .inference import OnnxPredictor
-
+    """`relative_error` of ONNX Runtime's logits against PyTorch's for the same `pixel_values`."""
     with torch.inference_mode():
         reference = model.eval()(pixel_values=pixel_values).logits.float()
-    return relative_error(OnnxPredictor(onnx_path)(pixel_values.numpy()), reference)
+    onnx_logits = OnnxPredictor(onnx_path)(pixel_values.numpy())
+    if onnx_logits.shape != reference.shape:
+        raise InferenceError(
+            f"{onnx_path}: ONNX logits have shape {tuple(onnx_logits.shape)}, PyTorch {tuple(reference.shape)}."
+        )
+    return relative_error(onnx_logits, reference)
 
 
 __all__ = ["compare_with_onnx", "export_onnx"]

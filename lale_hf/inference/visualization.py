@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
-from .image_processing_lale import colorize_label_map
+from ..configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
+from ..image_processing_lale import colorize_label_map
 
 
 NODATA_COLOR = (0, 0, 0)

@@ -1,0 +1,131 @@
+"""Raw band values to the 8-bit RGB the model saw in training: the scaling methods and their scene statistics."""
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..image_processing_lale import scale_to_uint8
+from .errors import InferenceError
+from .sources import nodata_values, valid_mask
+
+
+SCALING_METHODS = ("auto", "none", "per_patch_max", "scene_max", "patch_max_median")
+# Accepted for older commands and code; "per_patch_max" is the one name, as in `lale_hf.scale_to_uint8`.
+DEPRECATED_SCALING_NAMES = {"tile_max": "per_patch_max"}
+ARAS_PATCH_SIZE = 256
+SCALING_DESCRIPTIONS = {
+    "none": "8-bit input used as is",
+    "per_patch_max": "each model tile divided by its own maximum (x / max * 255), as ARAS400k scaled each patch",
+    "scene_max": "x / peak * 255 with peak the scene maximum (first pass)",
+    "patch_max_median": "x / peak * 255 with peak the median over the scene's 256x256 blocks of each block's maximum "
+    "(first pass); equals ARAS400k per-patch scaling on a single patch",
+    "gain": "x * gain, clipped to 0..255",
+}
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How raw band values become the 8-bit RGB the model saw in training.
+
+    `none`: 8-bit input used as is. `per_patch_max`: every model tile divided by its own maximum, the ARAS400k rule
+    applied per tile (brightness can then change from tile to tile). `scene_max` and `patch_max_median`: one divisor
+    for the whole scene from a first streaming pass: its maximum, or the median over its 256x256 blocks (the
+    ARAS400k patch size) of each block's maximum, i.e. what a typical ARAS400k patch cut from this scene was divided
+    by, robust to a few bright clouds. `gain`: `x * gain`, the fixed alternative. Divisors apply as
+    `x / peak * 255`, clipped and truncated to uint8 exactly as ARAS400k was built, so a single patch scaled with
+    `patch_max_median` reproduces it.
+    """
+
+    method: str
+    peak: float | None = None
+    gain: float | None = None
+
+    def apply(self, bands: np.ndarray) -> np.ndarray:
+        if self.method == "none":
+            return np.asarray(bands, dtype=np.uint8)
+        if self.method == "gain":
+            return scale_to_uint8(bands, self.gain)
+        peak = float(bands.max()) if self.method == "per_patch_max" and bands.size else self.peak
+        if not peak or peak <= 0:
+            return np.zeros(bands.shape, dtype=np.uint8)
+        return np.clip(np.asarray(bands, dtype=np.float32) / peak * 255.0, 0, 255).astype(np.uint8)
+
+    def to_dict(self) -> dict:
+        out = {"method": self.method, "description": SCALING_DESCRIPTIONS[self.method]}
+        if self.peak is not None:
+            out["peak"] = self.peak
+        if self.gain is not None:
+            out["gain"] = self.gain
+        return out
+
+
+def parse_scaling(scaling: str | float) -> tuple[str, float | None]:
+    """(method, gain): a method name from `SCALING_METHODS`, or "gain" and a positive number."""
+    if isinstance(scaling, str) and scaling in DEPRECATED_SCALING_NAMES:
+        warnings.warn(
+            f"--scaling {scaling} is deprecated; use {DEPRECATED_SCALING_NAMES[scaling]}.", FutureWarning, stacklevel=3
+        )
+        return DEPRECATED_SCALING_NAMES[scaling], None
+    if isinstance(scaling, str) and scaling in SCALING_METHODS:
+        return scaling, None
+    if isinstance(scaling, bool):
+        gain = math.nan
+    else:
+        try:
+            gain = float(scaling)
+        except (TypeError, ValueError):
+            raise InferenceError(
+                f"--scaling {scaling!r}: expected one of {', '.join(SCALING_METHODS)} or a positive gain such as "
+                "0.085 (255 / 3000 for Sentinel-2 reflectance x 10000)."
+            ) from None
+    if not math.isfinite(gain) or gain <= 0:
+        raise InferenceError(f"--scaling {scaling!r}: a gain must be a positive number.")
+    return "gain", gain
+
+
+def check_scaling(source, scaling: str | float = "auto") -> str:
+    """Validates `scaling` for this source without reading pixels; returns the method that will be used."""
+    method, _ = parse_scaling(scaling)
+    if method == "auto":
+        method = "none" if source.dtype == np.uint8 else "patch_max_median"
+    if method == "none" and source.dtype != np.uint8:
+        raise InferenceError(
+            f"{source.name}: --scaling none needs 8-bit input, got {source.dtype}; use patch_max_median, "
+            "per_patch_max, scene_max or a gain."
+        )
+    return method
+
+
+def resolve_scaling(
+    source, bands, scaling: str | float = "auto", block_size: int = ARAS_PATCH_SIZE, progress: bool = False
+) -> Scaling:
+    """Turns a scaling choice into a `Scaling`, reading the scene once (block by block) when it needs statistics.
+
+    Blocks default to the ARAS400k patch size whatever the tile size: the statistic imitates the dataset's patches.
+    """
+    method = check_scaling(source, scaling)
+    if method == "gain":
+        return Scaling("gain", gain=parse_scaling(scaling)[1])
+    if method in ("none", "per_patch_max"):
+        return Scaling(method)
+    nodata = nodata_values(source, bands)
+    maxima = []
+    starts = [(row, col) for row in range(0, source.height, block_size) for col in range(0, source.width, block_size)]
+    for row, col in tqdm(starts, desc=f"scaling pass {Path(source.name).name}", unit="block", disable=not progress):
+        window = source.read(bands, row, col, min(block_size, source.height - row), min(block_size, source.width - col))
+        valid = valid_mask(window, nodata)
+        values = window[valid] if valid is not None else window
+        if values.size:
+            maxima.append(float(values.max()))
+    maxima = [value for value in maxima if value > 0]
+    if not maxima:
+        return Scaling(method, peak=0.0)
+    peak = max(maxima) if method == "scene_max" else float(np.median(maxima))
+    return Scaling(method, peak=peak)
+
+
+__all__ = ["SCALING_METHODS", "Scaling", "check_scaling", "parse_scaling", "resolve_scaling"]

@@ -1,0 +1,266 @@
+"""Sliding windows: the tile grid, blending of overlapping logits, and class rows streamed top to bottom.
+
+Memory is bounded by the window buffers: inputs are read one tile at a time, logits are blended at the model's 1/4
+output resolution in a buffer one tile high, and class rows are yielded as soon as no later tile can change them.
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InferenceError
+from .predictors import Predictor
+from .scaling import Scaling
+from .sources import NODATA_CLASS, check_size, nodata_values, valid_mask
+
+
+OUTPUT_STRIDE = 4
+# Blended logits are upsampled in column chunks of this many pixels, so no buffer spans the scene width at full
+# resolution.
+UPSAMPLE_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of a scene lie.
+
+    A scene that fits one tile is one tile of its own size, so prediction equals plain whole-image inference.
+    Otherwise the scene is padded (edge-replicated, at most 3 pixels) to a multiple of 4 so that every tile starts
+    on the 1/4-resolution logit grid, and the last tile of each row and column is moved back to end at the border.
+    """
+
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+    padded_height: int
+    padded_width: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    overlap: int
+    single: bool
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def stride(self) -> int:
+        return max(self.tile_height, self.tile_width) - self.overlap
+
+
+def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
+    if length <= tile:
+        return (0,)
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return tuple(starts)
+
+
+def check_tiling(tile_size: int, overlap: float):
+    """Raises `InferenceError` unless `tile_size` is a positive multiple of 32 and `overlap` lies in [0, 0.5]."""
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 32 or tile_size % 32:
+        raise InferenceError(
+            f"--tile_size {tile_size}: expected a positive multiple of 32 (the model downsamples 32x)."
+        )
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= 0.5:
+        raise InferenceError(f"--overlap {overlap}: expected a fraction of the tile between 0 and 0.5.")
+
+
+def plan_tiles(height: int, width: int, tile_size: int = 256, overlap: float = 0.25) -> TileGrid:
+    """The tile grid for a scene; `overlap` is a fraction of the tile (0 to 0.5), rounded to 4 pixels."""
+    check_tiling(tile_size, overlap)
+    check_size("scene", height, width)
+    overlap_px = int(round(tile_size * overlap / OUTPUT_STRIDE)) * OUTPUT_STRIDE
+    if height <= tile_size and width <= tile_size:
+        return TileGrid(height, width, height, width, height, width, (0,), (0,), overlap_px, True)
+    padded_height = -(-height // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    padded_width = -(-width // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    tile_height, tile_width = min(tile_size, padded_height), min(tile_size, padded_width)
+    stride = tile_size - overlap_px
+    return TileGrid(
+        height,
+        width,
+        tile_height,
+        tile_width,
+        padded_height,
+        padded_width,
+        _starts(padded_height, tile_height, stride),
+        _starts(padded_width, tile_width, stride),
+        overlap_px,
+        False,
+    )
+
+
+def blend_weights(start: int, length: int, total: int, overlap: int) -> np.ndarray:
+    """1-D weights of a tile at 1/4 resolution: linear ramps over the overlap towards neighbouring tiles only.
+
+    Two neighbours' ramps sum to one across their overlap, a smooth cross-fade; sides on the scene border keep
+    weight 1, so a lone tile is weighted 1 everywhere.
+    """
+    cells = length // OUTPUT_STRIDE if length % OUTPUT_STRIDE == 0 else -(-length // OUTPUT_STRIDE)
+    weights = np.ones(cells, dtype=np.float32)
+    ramp = overlap / OUTPUT_STRIDE
+    if ramp > 0:
+        position = np.arange(cells, dtype=np.float32) + 0.5
+        if start > 0:
+            weights = np.minimum(weights, position / ramp)
+        if start + length < total:
+            weights = np.minimum(weights, (cells - position) / ramp)
+    return weights
+
+
+def _read_tile(source, bands, scaling: Scaling, grid: TileGrid, y: int, x: int) -> np.ndarray:
+    """The scaled uint8 RGB tile at (y, x), edge-padded where the grid runs past the scene."""
+    height, width = min(grid.tile_height, grid.height - y), min(grid.tile_width, grid.width - x)
+    tile = scaling.apply(source.read(bands, y, x, height, width))
+    if height < grid.tile_height or width < grid.tile_width:
+        tile = np.pad(tile, ((0, grid.tile_height - height), (0, grid.tile_width - width), (0, 0)), mode="edge")
+    return tile
+
+
+def _batches(
+    source, bands, scaling, grid, predictor, batch_size
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Batches of tiles, in raster order, and their logits."""
+    tiles = [(y, x) for y in grid.ys for x in grid.xs]
+    for start in range(0, len(tiles), batch_size):
+        chunk = tiles[start : start + batch_size]
+        pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
+        yield chunk, predictor(pixel_values)
+
+
+def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int) -> np.ndarray:
+    """Class indices of output rows [row0, row1) from blended logits whose first row is logit row `first_row`.
+
+    Bilinear upsampling by exactly 4 is shift-invariant, so upsampling blocks with a one-cell halo gives the same
+    values as upsampling the whole scene at once; column chunks keep the full-resolution buffer small.
+    """
+    if grid.single:
+        upsampled = torch.nn.functional.interpolate(
+            logits[None], size=(grid.height, grid.width), mode="bilinear", align_corners=False
+        )[0]
+        return _argmax(upsampled[:, row0:row1])
+    cells_high, cells_wide = grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
+    top = max(row0 // OUTPUT_STRIDE - 1, 0)
+    bottom = min((row1 - 1) // OUTPUT_STRIDE + 2, cells_high)
+    # Only the last two upsampled rows of a block see its lower edge, and they lie below row1.
+    bottom = min(bottom, first_row + logits.shape[1])
+    rows = logits[:, top - first_row : bottom - first_row]
+    labels = np.empty((row1 - row0, grid.width), dtype=np.uint8)
+    for col0 in range(0, grid.width, UPSAMPLE_CHUNK):
+        col1 = min(col0 + UPSAMPLE_CHUNK, grid.width)
+        left = max(col0 // OUTPUT_STRIDE - 1, 0)
+        right = min((col1 - 1) // OUTPUT_STRIDE + 2, cells_wide)
+        block = rows[:, :, left:right]
+        size = (block.shape[1] * OUTPUT_STRIDE, block.shape[2] * OUTPUT_STRIDE)
+        upsampled = torch.nn.functional.interpolate(block[None], size=size, mode="bilinear", align_corners=False)[0]
+        crop = upsampled[
+            :,
+            row0 - top * OUTPUT_STRIDE : row1 - top * OUTPUT_STRIDE,
+            col0 - left * OUTPUT_STRIDE : col1 - left * OUTPUT_STRIDE,
+        ]
+        labels[:, col0:col1] = _argmax(crop)
+    return labels
+
+
+def _argmax(logits: torch.Tensor) -> np.ndarray:
+    # NumPy's argmax over the leading class axis is several times faster than torch's on CPU; ties go to the first.
+    return logits.numpy().argmax(axis=0).astype(np.uint8)
+
+
+def iter_label_rows(
+    source,
+    predictor: Predictor,
+    bands: Sequence[int],
+    scaling: Scaling,
+    grid: TileGrid,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Predicts a scene tile by tile and yields `(first_row, class rows)` top to bottom, each row exactly once.
+
+    Logits of overlapping tiles are averaged with `blend_weights` at 1/4 resolution in a buffer one tile high;
+    logit rows no later tile reaches are normalised, upsampled and turned into class rows.
+    """
+    if batch_size < 1:
+        raise InferenceError(f"--batch_size {batch_size}: expected a positive integer.")
+    num_classes = len(predictor.id2label)
+    if grid.single:
+        cells_high, cells_wide = -(-grid.height // OUTPUT_STRIDE), -(-grid.width // OUTPUT_STRIDE)
+    else:
+        cells_high, cells_wide = grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
+    tile_cells = -(-grid.tile_height // OUTPUT_STRIDE)
+    nodata = nodata_values(source, bands)
+    weights_x = {x: blend_weights(x, grid.tile_width, grid.padded_width, grid.overlap) for x in grid.xs}
+    # acc/weight hold logit rows [acc_row, acc_row + tile_cells) of the current tile row; ready holds final,
+    # normalised logit rows from ready_row on, kept until the rows they feed have been emitted.
+    acc = weight = None
+    acc_row = 0
+    ready = torch.zeros(num_classes, 0, cells_wide)
+    ready_row = 0
+    emitted = 0
+
+    def finish_rows(upto_cell: int):
+        nonlocal acc, weight, acc_row, ready, ready_row, emitted
+        count = upto_cell - acc_row
+        final = acc[:, :count] / weight[:count]
+        ready = torch.cat([ready, final], dim=1)
+        acc, weight, acc_row = acc[:, count:], weight[count:], upto_cell
+        done = upto_cell >= cells_high
+        # An output row needs the logit row below it, which must be final too.
+        limit = grid.height if done else min(grid.height, upto_cell * OUTPUT_STRIDE - 2)
+        if limit > emitted:
+            labels = _upsample_to_labels(ready, ready_row, grid, emitted, limit)
+            if nodata is not None:
+                labels = _mask_nodata(source, bands, nodata, labels, emitted)
+            yield emitted, labels
+            emitted = limit
+            keep_from = max(emitted // OUTPUT_STRIDE - 1, 0)
+            ready, ready_row = ready[:, keep_from - ready_row :], keep_from
+
+    with tqdm(total=grid.num_tiles, desc=Path(source.name).name, unit="tile", disable=not progress) as bar:
+        for tiles, logits in _batches(source, bands, scaling, grid, predictor, batch_size):
+            if logits.shape[-2:] != (tile_cells, -(-grid.tile_width // OUTPUT_STRIDE)):
+                raise InferenceError(
+                    f"The model returned logits of size {tuple(logits.shape[-2:])} for tiles of "
+                    f"{grid.tile_height}x{grid.tile_width}; expected 1/{OUTPUT_STRIDE} of the tile size."
+                )
+            for (y, x), tile_logits in zip(tiles, logits, strict=True):
+                cell_y = y // OUTPUT_STRIDE
+                if acc is None or cell_y != acc_row:
+                    if acc is not None:
+                        yield from finish_rows(cell_y)
+                    # Start the buffer at this tile row, carrying the overlap rows of the previous one.
+                    carried = 0 if acc is None else acc.shape[1]
+                    new_acc = torch.zeros(num_classes, tile_cells, cells_wide)
+                    new_weight = torch.zeros(tile_cells, cells_wide)
+                    if carried:
+                        new_acc[:, :carried] = acc
+                        new_weight[:carried] = weight
+                    acc, weight, acc_row = new_acc, new_weight, cell_y
+                    weights_y = torch.from_numpy(blend_weights(y, grid.tile_height, grid.padded_height, grid.overlap))
+                cell_x = x // OUTPUT_STRIDE
+                tile_weight = weights_y[:, None] * torch.from_numpy(weights_x[x])[None, :]
+                cells_x = tile_logits.shape[-1]
+                acc[:, : tile_logits.shape[-2], cell_x : cell_x + cells_x] += tile_logits * tile_weight
+                weight[: tile_logits.shape[-2], cell_x : cell_x + cells_x] += tile_weight
+                bar.update(1)
+        yield from finish_rows(cells_high)
+
+
+def _mask_nodata(source, bands, nodata: np.ndarray, labels: np.ndarray, row0: int) -> np.ndarray:
+    """Sets pixels where every selected band is the raster's nodata value to `NODATA_CLASS`."""
+    for col0 in range(0, source.width, UPSAMPLE_CHUNK):
+        col1 = min(col0 + UPSAMPLE_CHUNK, source.width)
+        window = source.read(bands, row0, col0, labels.shape[0], col1 - col0)
+        labels[:, col0:col1][~valid_mask(window, nodata)] = NODATA_CLASS
+    return labels
+
+
+__all__ = ["OUTPUT_STRIDE", "TileGrid", "blend_weights", "check_tiling", "iter_label_rows", "plan_tiles"]
