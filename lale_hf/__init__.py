@@ -43,7 +43,7 @@ _LAZY_NAMES = {
     "predict_image": ".inference",
     "predict_paths": ".inference",
     "SegmentationMetrics": ".metrics",
-    "export_onnx": ".onnx_export",
+    "export_onnx": ".inference",
 }
 
 
