@@ -124,43 +124,43 @@ def prediction_metadata(
     }
 
 
+def _predict_and_stage(plan: InputPlan, source, predictor: Predictor, settings: PredictionSettings, staged) -> dict:
+    scaling = resolve_scaling(source, plan.bands, settings.scaling, progress=settings.progress)
+    grid = plan_tiles(source.height, source.width, settings.tile_size, settings.overlap)
+    palette = palette_for_labels(predictor.id2label)
+    metadata = prediction_metadata(plan, source, predictor, scaling, grid, palette, settings.tile_size)
+    classes_path = staged.stage(plan.outputs["classes"])
+    if source.georeferenced:
+        writer = GeoTiffWriter(classes_path, source, palette, metadata)
+    else:
+        writer = PngWriter(classes_path, source, metadata)
+    crs = source.crs if source.georeferenced else None
+    statistics = AreaStatistics(predictor.id2label, source.height, source.width, crs, source.transform)
+    preview = Preview(source.height, source.width, settings.preview_size)
+    rows = iter_label_rows(source, predictor, plan.bands, scaling, grid, settings.batch_size, settings.progress)
+    try:
+        for row0, labels in rows:
+            writer.write(row0, labels)
+            statistics.update(row0, labels)
+            preview.update(row0, labels)
+    finally:
+        writer.close()
+    stats = {**statistics.to_dict(), "prediction": metadata}
+    annotations = {item["id"]: f"{item['percent']:.1f} %" for item in stats["classes"]}
+    title = f"{plan.path.name} ({source.width}x{source.height} px)"
+    figure = colorize_with_legend(preview.labels, predictor.id2label, palette, annotations=annotations, title=title)
+    figure.save(staged.stage(plan.outputs["color"]), format="PNG")
+    staged.stage(plan.outputs["stats_json"]).write_text(json.dumps(stats, indent=2) + "\n")
+    staged.stage(plan.outputs["stats_csv"]).write_text(statistics_csv(stats))
+    return stats
+
+
 def run_plan(plan: InputPlan, predictor: Predictor, settings: PredictionSettings) -> dict:
     """Predicts one planned input and publishes its outputs; returns the statistics with the output paths."""
     source = open_source(plan.path)
-    staged = StagedFiles()
     try:
-        scaling = resolve_scaling(source, plan.bands, settings.scaling, progress=settings.progress)
-        grid = plan_tiles(source.height, source.width, settings.tile_size, settings.overlap)
-        palette = palette_for_labels(predictor.id2label)
-        metadata = prediction_metadata(plan, source, predictor, scaling, grid, palette, settings.tile_size)
-        plan.outputs["classes"].parent.mkdir(parents=True, exist_ok=True)
-        classes_path = staged.stage(plan.outputs["classes"])
-        if source.georeferenced:
-            writer = GeoTiffWriter(classes_path, source, palette, metadata)
-        else:
-            writer = PngWriter(classes_path, source, metadata)
-        crs = source.crs if source.georeferenced else None
-        statistics = AreaStatistics(predictor.id2label, source.height, source.width, crs, source.transform)
-        preview = Preview(source.height, source.width, settings.preview_size)
-        rows = iter_label_rows(source, predictor, plan.bands, scaling, grid, settings.batch_size, settings.progress)
-        try:
-            for row0, labels in rows:
-                writer.write(row0, labels)
-                statistics.update(row0, labels)
-                preview.update(row0, labels)
-        finally:
-            writer.close()
-        stats = {**statistics.to_dict(), "prediction": metadata}
-        annotations = {item["id"]: f"{item['percent']:.1f} %" for item in stats["classes"]}
-        title = f"{plan.path.name} ({source.width}x{source.height} px)"
-        figure = colorize_with_legend(preview.labels, predictor.id2label, palette, annotations=annotations, title=title)
-        figure.save(staged.stage(plan.outputs["color"]), format="PNG")
-        staged.stage(plan.outputs["stats_json"]).write_text(json.dumps(stats, indent=2) + "\n")
-        staged.stage(plan.outputs["stats_csv"]).write_text(statistics_csv(stats))
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+        with StagedFiles() as staged:
+            stats = _predict_and_stage(plan, source, predictor, settings, staged)
     finally:
         source.close()
     return {**stats, "outputs": {key: str(value) for key, value in plan.outputs.items()}}

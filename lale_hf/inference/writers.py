@@ -1,5 +1,6 @@
 """The outputs of one prediction: the class raster (GeoTIFF or PNG), the preview, and their publication together."""
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -7,28 +8,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ..file_utils import atomic_path
 from .extras import import_rasterio
 from .sources import NODATA_CLASS
 
 
-class StagedFiles:
-    """Outputs written under temporary names, renamed into place only once every one of them is complete."""
-
-    def __init__(self):
-        self.pairs = []
+class StagedFiles(contextlib.ExitStack):
+    """Several outputs that appear together: `stage(path)` gives a temporary sibling of `path`
+    (`file_utils.atomic_path`); every staged file is renamed into place when the block ends without an exception,
+    and removed otherwise."""
 
     def stage(self, final: Path) -> Path:
-        temporary = final.with_name(f".{final.name}.partial")
-        self.pairs.append((temporary, final))
-        return temporary
-
-    def commit(self):
-        for temporary, final in self.pairs:
-            os.replace(temporary, final)
-
-    def discard(self):
-        for temporary, _ in self.pairs:
-            temporary.unlink(missing_ok=True)
+        return self.enter_context(atomic_path(final))
 
 
 class GeoTiffWriter:
