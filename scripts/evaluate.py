@@ -9,6 +9,8 @@ Runs on one or several processes; every sample is counted exactly once.
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -17,13 +19,16 @@ from transformers import AutoModelForSemanticSegmentation
 
 import lale_hf  # noqa: F401  (registers LALE with the Auto classes)
 from lale_hf.file_utils import write_atomic
+from lale_hf.preprocessing import preprocessing_from_processor
 from lale_hf.training import (
     SegmentationDataset,
+    TrainingError,
     evaluate,
     first_samples,
     json_ready,
     load_segmentation_splits,
     save_confusion_matrix_plot,
+    training_image_processor,
 )
 
 
@@ -37,23 +42,55 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument(
+        "--ignore_label_names", action="store_true",
+        help="Evaluate although the model's class names differ from the dataset's (scores keep the dataset's names).",
+    )
     parser.add_argument("--output_dir", required=True)
     return parser.parse_args(argv)
 
 
+def check_output_dir(path: Path):
+    """Fails before the evaluation, not after it, when the results cannot be written."""
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"--output_dir {path}: {existing} is not a writable folder")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        run(args)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args):
+    check_output_dir(Path(args.output_dir).resolve())
     accelerator = Accelerator()
     splits, id2label = load_segmentation_splits(args.dataset_name, [args.split])
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, trust_remote_code=args.trust_remote_code
     )
     if model.config.num_labels != len(id2label):
-        raise SystemExit(
-            f"error: {args.model_name_or_path} predicts {model.config.num_labels} classes, "
-            f"the dataset has {len(id2label)}"
+        raise TrainingError(
+            f"{args.model_name_or_path} predicts {model.config.num_labels} classes, the dataset has {len(id2label)}"
         )
-    dataset = SegmentationDataset(first_samples(splits[args.split], args.max_eval_samples), args.image_size)
+    model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    dataset_names = [id2label[i] for i in range(len(id2label))]
+    if model_names != dataset_names and not args.ignore_label_names:
+        raise TrainingError(
+            f"{args.model_name_or_path} names its classes {model_names} but the dataset {dataset_names}: per-class "
+            "scores would be reported under the wrong names (pass --ignore_label_names to evaluate anyway)"
+        )
+    processor = training_image_processor(
+        args.model_name_or_path, model.config.model_type, args.image_size, args.trust_remote_code
+    )
+    dataset = SegmentationDataset(
+        first_samples(splits[args.split], args.max_eval_samples), args.image_size,
+        preprocessing=preprocessing_from_processor(processor), num_labels=len(id2label), split_name=args.split,
+    )
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
     )

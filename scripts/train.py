@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,29 +23,85 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForSemanticSegmentation, get_scheduler
+from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
-from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
+from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation
 from lale_hf.file_utils import replace_folder, write_atomic
 from lale_hf.model_card import build_model_card
+from lale_hf.preprocessing import preprocessing_from_processor
 from lale_hf.training import (
+    LOSSES,
+    SCHEDULES,
+    ExponentialMovingAverage,
     OverheadAugmentation,
     SegmentationDataset,
+    StepSchedule,
     StreamingSegmentationDataset,
+    TrainingError,
     TrainingState,
+    class_pixel_counts,
+    class_weights_from_counts,
     evaluate,
     first_samples,
     json_ready,
     list_checkpoints,
     load_segmentation_splits,
+    planned_total_steps,
     push_allow_patterns,
     save_confusion_matrix_plot,
     segmentation_loss,
     tracked_hyperparameters,
+    training_image_processor,
 )
 
 
 logger = get_logger(__name__)
+
+# A time-budgeted run skips this many steps (allocator and kernel warm-up) before timing its speed.
+BUDGET_UNTIMED_STEPS = 5
+# How far past its budget a planned run may go (the machine slowed down) before it stops anyway.
+BUDGET_OVERRUN = 1.25
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def checkpoint_interval(text: str) -> str:
+    if text != "epoch" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected 'epoch' or a positive number of steps, got {text!r}")
+    return text
 
 
 def parse_args(argv=None):
@@ -55,15 +112,15 @@ def parse_args(argv=None):
     data.add_argument("--validation_split", default="validation")
     data.add_argument("--include_synthetic", action="store_true", help="Train on train + synthetic, as the ARAS400k paper.")
     data.add_argument("--synthetic_split", default="synthetic")
-    data.add_argument("--max_train_samples", type=int)
-    data.add_argument("--max_eval_samples", type=int)
-    data.add_argument("--image_size", type=int, default=256)
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--max_train_samples", type=positive_int)
+    data.add_argument("--max_eval_samples", type=positive_int)
+    data.add_argument("--image_size", type=positive_int, default=256)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     data.add_argument("--streaming", action="store_true",
                       help="Stream the training splits (sharded per process); needs --max_train_steps.")
-    data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of --streaming.")
+    data.add_argument("--shuffle_buffer_size", type=positive_int, default=1000, help="Shuffle buffer of --streaming.")
     data.add_argument("--no_augmentation", action="store_true", help="Disable flips/rotations, scale/crop, jitter.")
-    data.add_argument("--scale_range", type=float, nargs=2, default=(0.75, 1.5))
+    data.add_argument("--scale_range", type=positive_float, nargs=2, default=(0.75, 1.5))
 
     model = parser.add_argument_group("model (exactly one of --preset, --model_name_or_path, --config_name)")
     model.add_argument("--preset", choices=sorted(LALE_PRESETS), help="Train a LALE preset from scratch.")
@@ -74,26 +131,42 @@ def parse_args(argv=None):
     model.add_argument("--activation_checkpointing", action="store_true")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    optim.add_argument("--learning_rate", type=float, default=1e-3)
-    optim.add_argument("--weight_decay", type=float, default=0.01)
-    optim.add_argument("--num_train_epochs", type=int, default=20)
-    optim.add_argument("--max_train_steps", type=int, help="Overrides --num_train_epochs.")
-    optim.add_argument("--max_train_minutes", type=float, help="Wall-clock budget: stop after this much training.")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--lr_scheduler_type", default="polynomial", choices=["polynomial", "cosine", "linear", "constant_with_warmup"])
-    optim.add_argument("--num_warmup_steps", type=int, default=0)
-    optim.add_argument("--loss", default="ce", choices=["ce", "dice", "ce+dice"])
-    optim.add_argument("--class_weights", type=float, nargs="+", help="One cross-entropy weight per class.")
+    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
+    optim.add_argument("--learning_rate", type=positive_float, default=1e-3)
+    optim.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    optim.add_argument("--num_train_epochs", type=positive_int, default=20)
+    optim.add_argument("--max_train_steps", type=positive_int, help="Overrides --num_train_epochs.")
+    optim.add_argument(
+        "--max_train_minutes", type=positive_float,
+        help="Time budget of the training steps (evaluations and checkpoints come on top). The run times its steps "
+        "inside the warm-up, fixes the step count that fills the budget (agreed by all processes) and decays the "
+        "learning rate to that step, so the budget ends on a converged model, not mid-schedule.",
+    )
+    optim.add_argument("--budget_timing_steps", type=positive_int, default=10,
+                       help="Steps timed to plan a --max_train_minutes run (after 5 untimed ones).")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0)
+    optim.add_argument("--lr_scheduler_type", default="cosine", choices=SCHEDULES,
+                       help="Decay to 0 at the last step (cosine by default; see docs/accuracy.md).")
+    optim.add_argument("--num_warmup_steps", type=non_negative_int, default=20,
+                       help="Linear warm-up; a --max_train_minutes run times its speed inside it.")
+    optim.add_argument("--loss", default="ce", choices=LOSSES)
+    optim.add_argument("--label_smoothing", type=unit_interval, default=0.0)
+    optim.add_argument(
+        "--class_weights", nargs="+",
+        help="'auto' (inverse square-root pixel frequency of the training split) or one loss weight per class.",
+    )
+    optim.add_argument("--ema_decay", type=unit_interval,
+                       help="Keep an exponential moving average of the weights; it is evaluated and saved.")
+    optim.add_argument("--channels_last", action="store_true", help="Train in channels-last memory format.")
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Defaults to accelerate's config.")
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--seed", type=non_negative_int, default=42)
 
     run = parser.add_argument_group("evaluation, checkpoints, output")
-    run.add_argument("--eval_steps", type=int, help="Evaluate every N optimizer steps (default: every epoch).")
-    run.add_argument("--checkpointing_steps", help="'epoch' or a number of optimizer steps.")
-    run.add_argument("--checkpoints_total_limit", type=int, help="Keep only the newest N step checkpoints.")
+    run.add_argument("--eval_steps", type=positive_int, help="Evaluate every N optimizer steps (default: every epoch).")
+    run.add_argument("--checkpointing_steps", type=checkpoint_interval, help="'epoch' or a number of optimizer steps.")
+    run.add_argument("--checkpoints_total_limit", type=positive_int, help="Keep only the newest N step checkpoints.")
     run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder.")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--with_tracking", action="store_true")
@@ -116,8 +189,13 @@ def parse_args(argv=None):
     if args.streaming and (args.max_train_steps is None or args.checkpointing_steps == "epoch" or args.max_train_samples):
         parser.error("--streaming needs --max_train_steps (a stream has no length), and takes neither "
                      "--checkpointing_steps epoch nor --max_train_samples")
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        parser.error(f"--checkpointing_steps must be 'epoch' or a positive integer, got {args.checkpointing_steps!r}")
+    if args.class_weights and args.class_weights != ["auto"]:
+        try:
+            args.class_weights = [non_negative_float(value) for value in args.class_weights]
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"--class_weights takes 'auto' or numbers >= 0, got {' '.join(args.class_weights)}")
+    if args.class_weights == ["auto"] and args.streaming:
+        parser.error("--class_weights auto counts the pixels of the training split, which a stream cannot do ahead")
     return args
 
 
@@ -131,8 +209,8 @@ def build_model(args, id2label):
         return AutoModelForSemanticSegmentation.from_config(config, trust_remote_code=args.trust_remote_code)
     config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     if config.num_labels != len(id2label) and not args.ignore_mismatched_sizes:
-        raise SystemExit(
-            f"error: {args.model_name_or_path} predicts {config.num_labels} classes but the dataset has "
+        raise TrainingError(
+            f"{args.model_name_or_path} predicts {config.num_labels} classes but the dataset has "
             f"{len(id2label)} ({', '.join(id2label.values())}); pass --ignore_mismatched_sizes to re-initialise the head."
         )
     return AutoModelForSemanticSegmentation.from_pretrained(
@@ -143,6 +221,15 @@ def build_model(args, id2label):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        train(args)
+    except TrainingError as error:
+        # Library errors carry the message; a script reports it and exits 2, like an argument error.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train(args):
     accelerator_kwargs = (
         {"log_with": args.report_to, "project_dir": os.path.join(args.output_dir, "runs")} if args.with_tracking else {}
     )
@@ -171,12 +258,32 @@ def main(argv=None):
         splits, id2label = load_segmentation_splits(args.dataset_name, [*train_splits, args.validation_split])
         train_split = first_samples(datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples)
     eval_split = first_samples(splits[args.validation_split], args.max_eval_samples)
-    if args.class_weights and len(args.class_weights) != len(id2label):
-        raise SystemExit(f"error: --class_weights has {len(args.class_weights)} values for {len(id2label)} classes")
+    num_labels = len(id2label)
+    if args.class_weights and args.class_weights != ["auto"] and len(args.class_weights) != num_labels:
+        raise TrainingError(f"--class_weights has {len(args.class_weights)} values for {num_labels} classes")
+    if not args.streaming:
+        # One pass over the training labels: a value outside the classes fails here, naming its example, whatever
+        # the loss (Dice once clamped it silently), and the pixel counts give --class_weights auto.
+        names = train_split["name"] if "name" in train_split.column_names else None
+        pixel_counts = class_pixel_counts(
+            train_split.select_columns(["label"])["label"], num_labels, split_name="+".join(train_splits), names=names
+        )
+        logger.info(f"  Training pixels per class: {dict(zip(id2label.values(), pixel_counts.tolist()))}")
+    if args.class_weights == ["auto"]:
+        class_weights = torch.tensor(class_weights_from_counts(pixel_counts), dtype=torch.float32)
+        logger.info(f"  Class weights (auto): {[round(w, 4) for w in class_weights.tolist()]}")
+    else:
+        class_weights = torch.tensor(args.class_weights) if args.class_weights else None
     model = build_model(args, id2label)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    processor = LaleImageProcessor(size={"height": args.image_size, "width": args.image_size})
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # The model's own processor: training feeds what it would be fed at prediction, and it is saved with the model.
+    processor = training_image_processor(
+        args.model_name_or_path or args.config_name, model.config.model_type, args.image_size, args.trust_remote_code
+    )
+    preprocessing = preprocessing_from_processor(processor)
     augmentation = None if args.no_augmentation else OverheadAugmentation(
         crop_size=args.image_size, scale_range=tuple(args.scale_range), ignore_index=255
     )
@@ -184,10 +291,17 @@ def main(argv=None):
         train_dataset = StreamingSegmentationDataset(
             train_split, args.image_size, augmentation, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
             process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+            preprocessing=preprocessing, num_labels=num_labels,
         )
     else:
-        train_dataset = SegmentationDataset(train_split, args.image_size, augmentation, seed=args.seed)
-    eval_dataset = SegmentationDataset(eval_split, args.image_size)
+        train_dataset = SegmentationDataset(
+            train_split, args.image_size, augmentation, seed=args.seed, preprocessing=preprocessing,
+            num_labels=num_labels,
+        )
+    eval_dataset = SegmentationDataset(
+        eval_split, args.image_size, preprocessing=preprocessing, num_labels=num_labels,
+        split_name=args.validation_split,
+    )
     # Own generators: creating a loader iterator must not draw from the global RNG that dropout and drop-path use,
     # or a resumed run (which creates one more iterator) would diverge from an uninterrupted one.
     train_dataloader = torch.utils.data.DataLoader(
@@ -212,13 +326,18 @@ def main(argv=None):
     else:
         steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
         if steps_per_epoch == 0:
-            raise SystemExit("error: the training split is smaller than one batch per process")
-        max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-        num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler_type, optimizer=optimizer,
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+            raise TrainingError("the training split is smaller than one batch per process")
+        if args.max_train_steps is not None:
+            max_train_steps = args.max_train_steps
+        elif args.max_train_minutes is not None:
+            max_train_steps = None  # fixed from the measured speed once the first steps are timed
+        else:
+            max_train_steps = args.num_train_epochs * steps_per_epoch
+        num_train_epochs = math.ceil(max_train_steps / steps_per_epoch) if max_train_steps else 10**9
+    # accelerate steps a prepared scheduler once per process for every optimizer step.
+    lr_scheduler = StepSchedule(
+        optimizer, args.num_warmup_steps, args.lr_scheduler_type, planned_steps=max_train_steps,
+        steps_per_update=accelerator.num_processes,
     )
     if args.streaming:
         # The stream is already sharded per process; accelerate would shard it again.
@@ -227,7 +346,10 @@ def main(argv=None):
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
             model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
         )
-    class_weights = torch.tensor(args.class_weights) if args.class_weights else None
+    schedule = lr_scheduler.scheduler  # the StepSchedule inside accelerate's wrapper
+    ema = ExponentialMovingAverage(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
 
     if args.with_tracking:
         # Trackers write their hyperparameters into files that a push uploads: never a credential.
@@ -243,10 +365,13 @@ def main(argv=None):
             else Path(args.resume_from_checkpoint)
         )
         if checkpoint is None or not checkpoint.is_dir():
-            raise SystemExit(f"error: no checkpoint to resume from ({args.resume_from_checkpoint!r} in {output_dir})")
+            raise TrainingError(f"no checkpoint to resume from ({args.resume_from_checkpoint!r} in {output_dir})")
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
         accelerator.load_state(str(checkpoint))
         state = TrainingState.load(checkpoint)
+        max_train_steps = schedule.planned_steps
+        if max_train_steps is not None and not args.streaming:
+            num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     def save_checkpoint():
         accelerator.wait_for_everyone()
@@ -262,22 +387,34 @@ def main(argv=None):
         accelerator.wait_for_everyone()
 
     def run_evaluation():
-        results = {**evaluate(model, eval_dataloader, accelerator, id2label), "step": state.completed_steps}
-        state.last_eval = results
-        accelerator.print(
-            f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}"
-        )
-        if args.with_tracking:
-            accelerator.log({k: v for k, v in results.items() if isinstance(v, float)}, step=state.completed_steps)
-        if accelerator.is_main_process:
-            save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
-        if results["eval_macro_f1"] > state.best_macro_f1:
-            state.best_macro_f1 = results["eval_macro_f1"]
-            save_model(output_dir / "best", results)
-        if args.push_to_hub and args.push_checkpoints:
-            save_model(output_dir / ".push", results)
+        # With EMA, the average is what is evaluated and saved; the raw weights go on training.
+        if ema is not None:
+            ema.swap(accelerator.unwrap_model(model))
+        try:
+            results = {**evaluate(model, eval_dataloader, accelerator, id2label), "step": state.completed_steps}
+            state.last_eval = results
+            accelerator.print(
+                f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}, "
+                f"mIoU {results['eval_mean_iou']:.4f}"
+            )
+            state.eval_history.append(
+                {"step": state.completed_steps, "eval_macro_f1": results["eval_macro_f1"],
+                 "eval_mean_iou": results["eval_mean_iou"]}
+            )
+            if args.with_tracking:
+                accelerator.log({k: v for k, v in results.items() if isinstance(v, float)}, step=state.completed_steps)
             if accelerator.is_main_process:
-                push_folder(args, output_dir / ".push", f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}")
+                save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
+            if results["eval_macro_f1"] > state.best_macro_f1:
+                state.best_macro_f1 = results["eval_macro_f1"]
+                save_model(output_dir / "best", results)
+            if args.push_to_hub and args.push_checkpoints:
+                save_model(output_dir / ".push", results)
+                if accelerator.is_main_process:
+                    push_folder(args, output_dir / ".push", f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}")
+        finally:
+            if ema is not None:
+                ema.swap(accelerator.unwrap_model(model))
         return results
 
     def save_model(folder, results):
@@ -286,16 +423,32 @@ def main(argv=None):
             partial = folder.with_name("." + folder.name + ".partial")
             accelerator.unwrap_model(model).save_pretrained(partial)
             processor.save_pretrained(partial)
-            (partial / "eval_results.json").write_text(json.dumps(json_ready(results), indent=2))
+            write_atomic(partial / "eval_results.json", json.dumps(json_ready(results), indent=2))
             replace_folder(partial, folder)
+
+    def plan_budget_steps():
+        """Turns the rest of the time budget into a step count; every process takes the smallest estimate."""
+        timed_steps = state.completed_steps - BUDGET_UNTIMED_STEPS
+        estimate = planned_total_steps(
+            state.completed_steps, state.train_seconds - state.budget_timing_start, timed_steps,
+            state.train_seconds, args.max_train_minutes * 60,
+        )
+        estimates = accelerator.gather(torch.tensor([estimate], device=accelerator.device))
+        return max(state.completed_steps, int(estimates.min().item()))
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     num_examples = "streamed" if args.streaming else len(train_dataset)
-    logger.info(f"  Num examples = {num_examples}, epochs = {num_train_epochs}, total batch = {total_batch_size}")
-    logger.info(f"  Optimization steps = {max_train_steps}, steps per epoch = {steps_per_epoch}")
-    progress_bar = tqdm(range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process)
-    start_time = time.monotonic() - state.train_seconds
-    out_of_time = False
+    logger.info(f"  Num examples = {num_examples}, total batch = {total_batch_size}, steps per epoch = {steps_per_epoch}")
+    logger.info(f"  Optimization steps = {max_train_steps or 'fixed from the time budget after the first steps'}")
+    budget_seconds = args.max_train_minutes * 60 if args.max_train_minutes is not None else None
+    # A time budget shows a bar in seconds until its step count is fixed (a step bar would show 10^9 steps).
+    progress_bar = tqdm(
+        total=max_train_steps if max_train_steps else round(budget_seconds), initial=state.completed_steps
+        if max_train_steps else round(state.train_seconds), unit="step" if max_train_steps else "s",
+        disable=not accelerator.is_local_main_process,
+    )
+    stop_reason = "epochs"
+    step_clock = time.monotonic()
     for epoch in range(state.epoch, num_train_epochs):
         model.train()
         train_dataset.set_epoch(epoch)
@@ -309,9 +462,13 @@ def main(argv=None):
         state.epoch = epoch
         for batch in batches:
             batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+            if args.channels_last:
+                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
                 logits = model(pixel_values=batch["pixel_values"]).logits
-                loss = segmentation_loss(logits, batch["labels"], args.loss, class_weights)
+                loss = segmentation_loss(
+                    logits, batch["labels"], args.loss, class_weights, label_smoothing=args.label_smoothing
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -323,23 +480,52 @@ def main(argv=None):
             if not accelerator.sync_gradients:
                 continue
             state.completed_steps += 1
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
             state.loss_history.append(accelerator.gather(loss.detach()).mean().item())
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{state.loss_history[-1]:.4f}")
+            state.learning_rate_last = lr_scheduler.get_last_lr()[0]
+            # The budget clock counts training steps only: evaluations and checkpoints are not part of it.
+            now = time.monotonic()
+            state.train_seconds += now - step_clock
+            step_clock = now
+            if max_train_steps:
+                progress_bar.update(1)
+            else:
+                progress_bar.n = min(round(state.train_seconds), progress_bar.total)
+                progress_bar.refresh()
+            progress_bar.set_postfix(loss=f"{state.loss_history[-1]:.4f}", step=state.completed_steps)
             if args.with_tracking:
-                accelerator.log({"train_loss": state.loss_history[-1], "lr": lr_scheduler.get_last_lr()[0]}, step=state.completed_steps)
-            state.train_seconds = time.monotonic() - start_time
+                accelerator.log({"train_loss": state.loss_history[-1], "lr": state.learning_rate_last}, step=state.completed_steps)
+            if budget_seconds is not None and max_train_steps is None:
+                if state.completed_steps == BUDGET_UNTIMED_STEPS:
+                    state.budget_timing_start = state.train_seconds
+                elif state.completed_steps == BUDGET_UNTIMED_STEPS + args.budget_timing_steps:
+                    max_train_steps = schedule.planned_steps = plan_budget_steps()
+                    if not args.streaming:
+                        num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
+                    accelerator.print(
+                        f"Time budget of {args.max_train_minutes} min: {max_train_steps} optimizer steps at the "
+                        f"measured {args.budget_timing_steps / (state.train_seconds - state.budget_timing_start):.3f} steps/s"
+                    )
+                    progress_bar.close()
+                    progress_bar = tqdm(total=max_train_steps, initial=state.completed_steps, unit="step",
+                                        disable=not accelerator.is_local_main_process)
             if args.eval_steps and state.completed_steps % args.eval_steps == 0:
                 run_evaluation()
                 model.train()
             if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
                 save_checkpoint()
-            if args.max_train_minutes is not None:
-                # Every process must agree, or one would wait forever in the next collective.
-                elapsed = torch.tensor(state.train_seconds, device=accelerator.device)
-                out_of_time = accelerator.reduce(elapsed, reduction="max").item() > args.max_train_minutes * 60
-            if state.completed_steps >= max_train_steps or out_of_time:
+            step_clock = time.monotonic()
+            if max_train_steps and state.completed_steps >= max_train_steps:
+                stop_reason = "time budget (planned steps)" if args.max_train_steps is None and budget_seconds else "max_train_steps"
                 break
+            if budget_seconds is not None:
+                # A safety net if the machine slows down after planning. Every process must agree, or one would
+                # wait forever in the next collective.
+                elapsed = torch.tensor(state.train_seconds, device=accelerator.device)
+                if accelerator.reduce(elapsed, reduction="max").item() > budget_seconds * BUDGET_OVERRUN:
+                    stop_reason = "time budget exceeded before the planned steps"
+                    break
         else:
             state.epoch, state.batches_in_epoch = epoch + 1, 0
             # Process shards of a stream end at different steps: no collective may hang on the epoch's end.
@@ -347,11 +533,13 @@ def main(argv=None):
                 run_evaluation()
             if args.checkpointing_steps == "epoch":
                 save_checkpoint()
+            step_clock = time.monotonic()
             continue
         break
     progress_bar.close()
 
     results = run_evaluation() if state.last_eval is None or state.last_eval["step"] != state.completed_steps else state.last_eval
+    last_scores = [entry["eval_macro_f1"] for entry in state.eval_history[-5:]]
     results = {
         **json_ready({k: v for k, v in results.items() if k != "confusion_matrix"}),
         "train_steps": state.completed_steps,
@@ -361,17 +549,25 @@ def main(argv=None):
         "train_loss_first": state.loss_history[0] if state.loss_history else None,
         "train_loss_last": state.loss_history[-1] if state.loss_history else None,
         "train_loss_history": state.loss_history,
-        "stopped_by_time_budget": out_of_time,
+        "final_learning_rate": state.learning_rate_last,
+        "eval_history": state.eval_history,
+        "eval_macro_f1_spread_last5": (max(last_scores) - min(last_scores)) if last_scores else None,
+        "ema_decay": args.ema_decay,
+        "stop_reason": stop_reason,
+        "stopped_by_time_budget": stop_reason.startswith("time budget"),
         "num_processes": accelerator.num_processes,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.swap(unwrapped)  # the average is the final model
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         card = build_model_card(
-            results=results, args=tracked_hyperparameters(vars(args)), config=unwrapped.config, num_parameters=unwrapped.num_parameters(),
-            num_processes=accelerator.num_processes, device=str(accelerator.device),
+            results=results, args=tracked_hyperparameters(vars(args)), config=unwrapped.config,
+            num_parameters=unwrapped.num_parameters(), num_processes=accelerator.num_processes,
+            device=str(accelerator.device),
         )
         card.save(output_dir / "README.md")
         write_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))

@@ -4,18 +4,37 @@ from .augmentation import OverheadAugmentation
 from .checkpoints import TrainingState, list_checkpoints
 from .errors import TrainingDataError, TrainingError
 from .evaluation import evaluate, json_ready, save_confusion_matrix_plot
-from .losses import dice_loss, segmentation_loss
+from .losses import LOSSES, dice_loss, focal_loss, segmentation_loss
+from .processors import training_image_processor
+from .recipe import (
+    SCHEDULES,
+    ExponentialMovingAverage,
+    StepSchedule,
+    class_pixel_counts,
+    class_weights_from_counts,
+    learning_rate_factor,
+    planned_total_steps,
+)
 from .segmentation_data import (
     SegmentationDataset,
     StreamingSegmentationDataset,
     first_samples,
     load_segmentation_splits,
-    normalize,
 )
 from .tracking import push_allow_patterns, secret_values, tracked_hyperparameters
 
 
 __all__ = [
+    "LOSSES",
+    "SCHEDULES",
+    "ExponentialMovingAverage",
+    "StepSchedule",
+    "class_pixel_counts",
+    "class_weights_from_counts",
+    "focal_loss",
+    "learning_rate_factor",
+    "planned_total_steps",
+    "training_image_processor",
     "OverheadAugmentation",
     "SegmentationDataset",
     "StreamingSegmentationDataset",
@@ -28,7 +47,6 @@ __all__ = [
     "json_ready",
     "list_checkpoints",
     "load_segmentation_splits",
-    "normalize",
     "push_allow_patterns",
     "save_confusion_matrix_plot",
     "secret_values",

@@ -43,7 +43,8 @@ class OverheadAugmentation:
         contrast = 1.0 + rng.uniform(-self.contrast, self.contrast)
         brightness = 1.0 + rng.uniform(-self.brightness, self.brightness)
         mean = image.mean(axis=(0, 1), keepdims=True)
-        image = np.clip(((image - mean) * contrast + mean) * brightness, 0, 255)
+        # Rounded back to 8 bits: the model's preprocessing takes images as a processor receives them.
+        image = np.rint(np.clip(((image - mean) * contrast + mean) * brightness, 0, 255)).astype(np.uint8)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
     def _crop_or_pad(self, image, label, rng):

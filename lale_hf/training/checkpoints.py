@@ -26,9 +26,12 @@ class TrainingState:
     best_macro_f1: float = -1.0
     loss_history: list = dataclasses.field(default_factory=list)
     last_eval: dict | None = None
+    eval_history: list = dataclasses.field(default_factory=list)
+    learning_rate_last: float | None = None
+    budget_timing_start: float = 0.0
 
     def save(self, folder: str | os.PathLike):
-        (Path(folder) / "training_state.json").write_text(json.dumps(dataclasses.asdict(self)))
+        write_atomic(Path(folder) / "training_state.json", json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "TrainingState":

@@ -9,36 +9,31 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from ..preprocessing import Preprocessing
 from .augmentation import OverheadAugmentation
 from .errors import TrainingDataError
 
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """(H, W, 3) values in [0, 255] to a normalised (3, H, W) float tensor."""
-    image = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
 class SegmentationDataset(Dataset):
-    """A `datasets` split with `image` and `label` columns as tensors.
+    """A `datasets` split with `image` and `label` columns as tensors, preprocessed as the model's image processor
+    preprocesses (`Preprocessing`, read from it; LALE's ImageNet statistics by default).
 
     Training samples are augmented with a generator seeded by (seed, epoch, index), so the stream is the same
     across runs, data-loader workers, processes and resumptions; call `set_epoch` at the start of every epoch.
     """
 
     def __init__(self, split, image_size: int, augmentation: OverheadAugmentation | None = None, seed: int = 0,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 preprocessing: Preprocessing | None = None, num_labels: int | None = None, split_name: str = "train",
+                 ignore_index: int = 255):
         self.split = split
         self.image_size = image_size
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.preprocessing = preprocessing or Preprocessing()
+        self.num_labels = num_labels
+        self.split_name = split_name
+        self.ignore_index = ignore_index
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -53,18 +48,28 @@ class SegmentationDataset(Dataset):
         """One example as normalised tensors, augmented with a generator seeded by `rng_key` when training."""
         image = np.asarray(example["image"].convert("RGB"))
         label = np.asarray(example["label"])
+        name = example.get("name", rng_key[-1])
         if label.ndim != 2:
-            raise ValueError(
-                f"Sample {example.get('name', rng_key[-1])}: `label` must be a single-band class-index image, "
+            raise TrainingDataError(
+                f"split {self.split_name!r}, example {name}: `label` must be a single-band class-index image, "
                 f"got shape {label.shape}."
             )
+        if self.num_labels is not None:
+            outside = np.setdiff1d(np.unique(label), [*range(self.num_labels), self.ignore_index])
+            if outside.size:
+                raise TrainingDataError(
+                    f"split {self.split_name!r}, example {name}: label value {int(outside[0])} is outside the "
+                    f"{self.num_labels} classes [0, {self.num_labels - 1}] (and is not the ignore index "
+                    f"{self.ignore_index})"
+                )
         if self.augmentation is not None:
             image, label = self.augmentation(image, label, np.random.default_rng(rng_key))
         elif image.shape[:2] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
             label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-        return {"pixel_values": normalize(image, self.mean, self.std), "labels": torch.from_numpy(label.astype(np.int64))}
+        pixel_values = self.preprocessing.to_tensor(np.ascontiguousarray(image))
+        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label.astype(np.int64))}
 
 
 class StreamingSegmentationDataset(IterableDataset):
@@ -76,12 +81,15 @@ class StreamingSegmentationDataset(IterableDataset):
     """
 
     def __init__(self, stream, image_size: int, augmentation: OverheadAugmentation | None, seed: int = 0,
-                 shuffle_buffer_size: int = 1000, process_index: int = 0, num_processes: int = 1):
+                 shuffle_buffer_size: int = 1000, process_index: int = 0, num_processes: int = 1,
+                 preprocessing: Preprocessing | None = None, num_labels: int | None = None):
         from datasets.distributed import split_dataset_by_node
 
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes)
-        self.examples = SegmentationDataset(None, image_size, augmentation, seed=seed)
+        self.examples = SegmentationDataset(
+            None, image_size, augmentation, seed=seed, preprocessing=preprocessing, num_labels=num_labels
+        )
         self.process_index = process_index
 
     def set_epoch(self, epoch: int):
