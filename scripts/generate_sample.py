@@ -21,7 +21,16 @@ def parse_args():
     for split, default in DEFAULT_SAMPLE_SIZES.items():
         parser.add_argument(f"--num_{split}", type=int, default=default, help=f"Patches in {split}.zip (0: none).")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing --output_dir holding an earlier sample (lale-procedural-sample.json).",
+    )
+    parser.add_argument(
+        "--overwrite_any",
+        action="store_true",
+        help="With --overwrite: replace --output_dir even if it holds no earlier sample.",
+    )
     return parser, parser.parse_args()
 
 
@@ -31,7 +40,12 @@ def main():
     sizes = {split: count for split, count in sizes.items() if count > 0}
     try:
         output_dir = generate_sample(
-            args.output_dir, seed=args.seed, sizes=sizes, num_proc=args.num_proc, overwrite=args.overwrite
+            args.output_dir,
+            seed=args.seed,
+            sizes=sizes,
+            num_proc=args.num_proc,
+            overwrite=args.overwrite,
+            overwrite_any=args.overwrite_any,
         )
     except Aras400kError as error:
         parser.exit(2, f"error: {error}\n")

@@ -51,7 +51,16 @@ def parse_args():
         action="store_true",
         help="Map mask colours outside the ARAS palette to 255 (ignore) instead of failing.",
     )
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output_dir.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing --output_dir written by this tool (it holds lale-hf-dataset.json).",
+    )
+    parser.add_argument(
+        "--overwrite_any",
+        action="store_true",
+        help="With --overwrite: replace --output_dir even if this tool did not write it.",
+    )
     parser.add_argument(
         "--max_shard_size", type=int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
     )
@@ -93,6 +102,7 @@ def main():
                 sizes=args.sample_sizes,
                 num_proc=args.num_proc,
                 overwrite=args.overwrite,
+                overwrite_any=args.overwrite_any,
             )
         else:
             report = convert_aras400k(
@@ -104,6 +114,7 @@ def main():
                 skip_unpaired=args.skip_unpaired,
                 unknown_to_ignore=args.unknown_to_ignore,
                 overwrite=args.overwrite,
+                overwrite_any=args.overwrite_any,
                 max_shard_size=args.max_shard_size,
             )
     except Aras400kError as error:

@@ -19,8 +19,10 @@ from PIL import Image
 
 from lale_hf.configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
 from lale_hf.data import (
+    DATASET_MARKER,
     PUBLISHED_MD5,
     Aras400kError,
+    OutputFolderError,
     convert_aras400k,
     parse_patch_name,
     write_md5_list,
@@ -101,7 +103,7 @@ def test_real_zips_round_trip_through_load_dataset(s2glc_sample, tmp_path, prefi
     assert {name: s.num_examples for name, s in report.splits.items()} == {"train": 20, "validation": 8}
     assert report.splits["train"].md5_checked_against.endswith("md5sums.txt")
     assert report.splits["validation"].member_prefix == prefix.format(split="val").rstrip("/")
-    assert sorted(p.name for p in output.iterdir()) == ["README.md", "data", "id2label.json"]
+    assert sorted(p.name for p in output.iterdir()) == ["README.md", "data", "id2label.json", DATASET_MARKER]
     assert not list(tmp_path.glob(".*")), "staging folder left behind"
     assert_dataset_matches_source(output, s2glc_sample, streaming=False)
     assert_dataset_matches_source(output, s2glc_sample, streaming=True)
@@ -399,29 +401,77 @@ def test_killed_worker_is_an_error_not_a_hang(s2glc_sample, tmp_path, monkeypatc
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_existing_output_needs_overwrite(s2glc_sample, tmp_path):
+def tree_digest(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder`: what must not change."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def extract_real_pairs(folder: Path, s2glc: Path) -> Path:
+    """The round-trip subset as extracted split folders `folder/{split}/images|masks/NAME.png`."""
+    for split, count in ROUND_TRIP_SIZES.items():
+        for name, image_png, mask_png in real_pairs(s2glc, split, count):
+            for kind, data in (("images", image_png), ("masks", mask_png)):
+                (folder / split / kind).mkdir(parents=True, exist_ok=True)
+                (folder / split / kind / f"{name}.png").write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("layout", "output_name", "relation"),
+    [
+        ("folders", "train", "is the input"),  # once deleted the train split's images and masks
+        ("zips", "train.zip", "is the input"),  # once renamed the zip away
+        ("zips", "converted", "is inside the input"),
+        ("zips", "..", "contains the input"),
+    ],
+)
+def test_output_over_or_inside_an_input_is_refused(s2glc_sample, tmp_path, layout, output_name, relation):
+    inputs = tmp_path / "data" / "inputs"
+    if layout == "zips":
+        build_zips(inputs, s2glc_sample, "ARAS400k/{split}/")
+    else:
+        extract_real_pairs(inputs, s2glc_sample)
+    before = tree_digest(tmp_path)
+    with pytest.raises(OutputFolderError, match=relation) as error:
+        convert_aras400k(inputs, inputs / output_name, overwrite=True, overwrite_any=True)
+    assert "Choose an --output_dir outside every input" in str(error.value)
+    assert tree_digest(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["inputs"]  # no staging folder either
+
+
+def test_overwrite_replaces_only_a_folder_this_tool_wrote(s2glc_sample, tmp_path):
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
     output = tmp_path / "dataset"
     output.mkdir()
-    (output / "old.txt").write_text("previous run")
-    with pytest.raises(Aras400kError, match="already exists; pass --overwrite"):
+    (output / "thesis.tex").write_text("not a dataset")
+    with pytest.raises(OutputFolderError, match="already exists; pass --overwrite"):
         convert_aras400k(zips, output, splits=["validation"])
-    assert (output / "old.txt").is_file()
-    convert_aras400k(zips, output, splits=["validation"], overwrite=True)
-    assert not (output / "old.txt").exists() and (output / "README.md").is_file()
+    with pytest.raises(OutputFolderError, match=f"not a folder written by .* no {DATASET_MARKER}.*--overwrite_any"):
+        convert_aras400k(zips, output, splits=["validation"], overwrite=True)
+    assert (output / "thesis.tex").read_text() == "not a dataset"
+    convert_aras400k(zips, output, splits=["validation"], overwrite=True, overwrite_any=True)
+    assert not (output / "thesis.tex").exists() and (output / DATASET_MARKER).is_file()
+    # A folder this tool wrote is replaced with --overwrite alone.
+    report = convert_aras400k(zips, output, overwrite=True)
+    assert set(report.splits) == {"train", "validation"}
+    assert json.loads((output / DATASET_MARKER).read_text())["splits"] == ["train", "validation"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "zips"]
 
 
 def test_zip64_central_directory_is_read(tmp_path, val_pairs, monkeypatch):
     # A tiny ZIP64 limit makes zipfile write ZIP64 extra fields and end records, as for the multi-GB ARAS zips.
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1024)
-    write_split_zip(tmp_path / "val.zip", val_pairs, "ARAS400k/val/")
+    write_split_zip(tmp_path / "zips" / "val.zip", val_pairs, "ARAS400k/val/")
     monkeypatch.undo()
-    with zipfile.ZipFile(tmp_path / "val.zip") as archive:
+    with zipfile.ZipFile(tmp_path / "zips" / "val.zip") as archive:
         assert any(info.header_offset > 1024 for info in archive.infolist())
         expected = [(info.filename, info.file_size) for info in archive.infolist()]
-    assert [(name, size) for name, size, _ in iter_zip_members(tmp_path / "val.zip")] == expected
-    report = convert_aras400k(tmp_path, tmp_path / "dataset", verify_md5=False)
+    assert [(name, size) for name, size, _ in iter_zip_members(tmp_path / "zips" / "val.zip")] == expected
+    report = convert_aras400k(tmp_path / "zips", tmp_path / "dataset", verify_md5=False)
     assert report.splits["validation"].num_examples == 3
 
 
@@ -458,6 +508,13 @@ def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     assert "28 pairs in" in done.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["splits"]["validation"]["num_examples"] == 8
+    zip_bytes = (zips / "val.zip").read_bytes()
+    refused = subprocess.run(
+        [*script, "--input_dir", str(zips), "--output_dir", str(zips / "val.zip"), "--overwrite", "--overwrite_any"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and f"error: --output_dir {zips / 'val.zip'} is the input" in refused.stderr
+    assert (zips / "val.zip").read_bytes() == zip_bytes
 
 
 PULL_CONVERTED = """

@@ -158,3 +158,17 @@ def test_bad_sizes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="must map some of"):
         generate_sample(tmp_path / "x", sizes={"training": 3})
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_sample(tmp_path):
+    from lale_hf.data import OutputFolderError
+
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=f"not a folder written by .* no {SAMPLE_MARKER}"):
+        generate_sample(folder, sizes={"val": 1}, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "mine"
+    generate_sample(folder, sizes={"val": 1}, overwrite=True, overwrite_any=True)
+    generate_sample(folder, sizes={"val": 2}, overwrite=True)  # an earlier sample: --overwrite alone
+    assert json.loads((folder / SAMPLE_MARKER).read_text())["sizes"] == {"val": 2}

@@ -19,10 +19,11 @@ import numpy as np
 
 from ..file_utils import replace_folder
 from ..hub_utils import push_folder
-from .aras400k_format import SAMPLE_MARKER, Aras400kError, dataset_features, id2label
+from .aras400k_format import DATASET_MARKER, SAMPLE_MARKER, Aras400kError, dataset_features, id2label
 from .checksums import expected_md5s, verify_checksums
 from .conversion_report import ConversionReport, SplitSummary
 from .dataset_card import render_dataset_card
+from .output_folder import check_output_folder
 from .pair_index import DEFAULT_MAX_MEMBER_SIZE, SplitIndex, find_split_sources, index_split, open_pair_index
 from .shard_workers import ShardTask, run_tasks
 
@@ -81,6 +82,7 @@ def convert_aras400k(
     skip_unpaired: bool = False,
     unknown_to_ignore: bool = False,
     overwrite: bool = False,
+    overwrite_any: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
 ) -> ConversionReport:
@@ -92,16 +94,24 @@ def convert_aras400k(
     `input_dir` (`md5sum` format) overrides those sums for the files it lists, as for the generated sample.
     Bad input raises `Aras400kError` naming the file; `skip_unpaired` leaves out unpaired and duplicated stems,
     `unknown_to_ignore` maps unknown mask colours to 255.
+
+    `output_dir` may not be, lie inside, or contain `input_dir` or any zip or folder read (`OutputFolderError`).
+    `overwrite` replaces an existing `output_dir` only if this function wrote it (it holds `DATASET_MARKER`) or it
+    is empty; `overwrite_any` replaces any other folder or file.
     """
     start, cpu_start = time.perf_counter(), os.times()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    if output_dir.exists() and not overwrite:
-        raise Aras400kError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
-    if output_dir == input_dir or output_dir in input_dir.parents:
-        raise Aras400kError(f"--output_dir {output_dir} contains --input_dir {input_dir}; choose another folder.")
     if num_proc < 1:
         raise Aras400kError(f"--num_proc must be at least 1, got {num_proc}.")
     sources = find_split_sources(input_dir, splits)
+    check_output_folder(
+        output_dir,
+        [input_dir, *(source.path for source in sources.values())],
+        overwrite=overwrite,
+        overwrite_any=overwrite_any,
+        marker=DATASET_MARKER,
+        written_by="lale_hf.data.convert_aras400k",
+    )
 
     md5s = {}
     if verify_md5:
@@ -126,6 +136,8 @@ def convert_aras400k(
         procedural = (input_dir / SAMPLE_MARKER).is_file()
         (staging / "README.md").write_text(render_dataset_card(summaries, procedural), encoding="utf-8")
         (staging / "id2label.json").write_text(json.dumps(id2label(), indent=2) + "\n", encoding="utf-8")
+        marker = {"written_by": "lale_hf.data.convert_aras400k", "splits": list(summaries)}
+        (staging / DATASET_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         replace_folder(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -174,25 +186,35 @@ def prepare_embedded_sample(
     num_proc: int = 1,
     overwrite: bool = False,
     zips_dir: str | os.PathLike | None = None,
+    overwrite_any: bool = False,
 ) -> ConversionReport:
     """Generates the procedural ARAS400k-format sample (`lale_hf.data.synthetic_landcover`) and converts it, in one
     call.
 
     The zips are kept in `zips_dir` when given, otherwise written to a temporary folder and removed. `sizes` maps
-    the authors' split names (`train`, `val`, `test`, `synth`) to patch counts.
+    the authors' split names (`train`, `val`, `test`, `synth`) to patch counts. `overwrite` and `overwrite_any`
+    apply to both folders as in `convert_aras400k` and `generate_sample`.
     """
     from .synthetic_landcover import generate_sample
 
     output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not overwrite:
-        raise Aras400kError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
     keep = zips_dir is not None
+    check_output_folder(
+        output_dir,
+        [zips_dir] if keep else [],
+        overwrite=overwrite,
+        overwrite_any=overwrite_any,
+        marker=DATASET_MARKER,
+        written_by="lale_hf.data.convert_aras400k",
+    )
     zips = (
         Path(zips_dir) if keep else output_dir.parent / f".{output_dir.name}.zips-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     )
     try:
-        generate_sample(zips, seed=seed, sizes=sizes, num_proc=num_proc, overwrite=keep and overwrite)
-        return convert_aras400k(zips, output_dir, num_proc=num_proc, overwrite=overwrite)
+        generate_sample(
+            zips, seed=seed, sizes=sizes, num_proc=num_proc, overwrite=keep and overwrite, overwrite_any=overwrite_any
+        )
+        return convert_aras400k(zips, output_dir, num_proc=num_proc, overwrite=overwrite, overwrite_any=overwrite_any)
     finally:
         if not keep:
             shutil.rmtree(zips, ignore_errors=True)

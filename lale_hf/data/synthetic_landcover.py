@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from ..configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
 from ..file_utils import replace_folder
-from .aras400k_format import SAMPLE_MARKER, SPLIT_SOURCES, Aras400kError, OutputFolderError
+from .aras400k_format import SAMPLE_MARKER, SPLIT_SOURCES, Aras400kError
 from .checksums import write_md5_list
+from .output_folder import check_output_folder
 from .worker_processes import process_context
 from .zip_members import write_split_zip
 
@@ -250,20 +251,29 @@ def generate_sample(
     sizes: dict[str, int] | None = None,
     num_proc: int = 1,
     overwrite: bool = False,
+    overwrite_any: bool = False,
 ) -> Path:
     """Writes the procedural sample in ARAS400k's distribution format to `output_dir`; returns it.
 
     `sizes` maps the authors' split names (`train`, `val`, `test`, `synth`) to patch counts (defaults:
     `DEFAULT_SAMPLE_SIZES`; splits left out are not written). The folder gets the zips, `md5sums.txt` (which the
     converter uses in place of the published sums) and `lale-procedural-sample.json`; it appears atomically.
+    `overwrite` replaces an existing `output_dir` only if it is an earlier sample (it holds that marker file) or
+    empty; `overwrite_any` replaces anything.
     """
     sizes = dict(DEFAULT_SAMPLE_SIZES if sizes is None else sizes)
     unknown = [split for split in sizes if split not in SPLIT_SOURCES.values()]
     if unknown or any(count < 1 for count in sizes.values()):
         raise Aras400kError(f"`sizes` must map some of {list(SPLIT_SOURCES.values())} to positive counts, got {sizes}.")
     output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not overwrite:
-        raise OutputFolderError(f"--output_dir {output_dir} already exists; pass --overwrite to replace it.")
+    check_output_folder(
+        output_dir,
+        [],
+        overwrite=overwrite,
+        overwrite_any=overwrite_any,
+        marker=SAMPLE_MARKER,
+        written_by="lale_hf.data.generate_sample",
+    )
     staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     tiles = _split_tiles(seed, sizes)
