@@ -475,6 +475,61 @@ def test_zip64_central_directory_is_read(tmp_path, val_pairs, monkeypatch):
     assert report.splits["validation"].num_examples == 3
 
 
+def rows_by_name(dataset_dir: Path, split: str) -> dict[str, tuple[bytes, bytes]]:
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    rows = load_dataset(str(dataset_dir), split=split)
+    rows = rows.cast_column("image", ImageFeature(decode=False)).cast_column("label", ImageFeature(decode=False))
+    return {row["name"]: (row["image"]["bytes"], row["label"]["bytes"]) for row in rows}
+
+
+@pytest.mark.parametrize("link", ["file", "images folder", "split folder"])
+def test_symlink_leaving_the_input_folder_is_refused(s2glc_sample, tmp_path, link):
+    inputs = extract_real_pairs(tmp_path / "inputs", s2glc_sample)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    name = real_pairs(s2glc_sample, "val", 1)[0][0]
+    if link == "file":  # e.g. a link to a private file, whose bytes would go into the dataset and to the Hub
+        linked = inputs / "val" / "images" / f"{name}.png"
+        (outside / "private.png").write_bytes(linked.read_bytes())
+        linked.unlink()
+        linked.symlink_to(outside / "private.png")
+    elif link == "images folder":
+        linked = inputs / "val" / "images"
+        linked.rename(outside / "images")
+        linked.symlink_to(outside / "images", target_is_directory=True)
+    else:
+        linked = inputs / "val"
+        linked.rename(outside / "val")
+        linked.symlink_to(outside / "val", target_is_directory=True)
+    message = assert_fails_cleanly(tmp_path, "outside the input folder", verify_md5=False, md5_list=False)
+    assert f"{linked} is a symbolic link to {outside}" in message
+
+
+def test_symlinks_inside_the_input_folder_are_followed(s2glc_sample, tmp_path):
+    inputs = extract_real_pairs(tmp_path / "inputs", s2glc_sample)
+    convert_aras400k(inputs, tmp_path / "plain", splits=["validation"])
+    # masks/ is a link to a folder elsewhere in the input tree; one image is a link to a file there.
+    store = inputs / "store"
+    store.mkdir()
+    (inputs / "val" / "masks").rename(store / "val-masks")
+    (inputs / "val" / "masks").symlink_to(store / "val-masks", target_is_directory=True)
+    name = real_pairs(s2glc_sample, "val", 1)[0][0]
+    image = inputs / "val" / "images" / f"{name}.png"
+    image.rename(store / f"{name}.png")
+    image.symlink_to(store / f"{name}.png")
+    report = convert_aras400k(inputs, tmp_path / "linked", splits=["validation"])
+    assert report.splits["validation"].num_examples == ROUND_TRIP_SIZES["val"]
+    assert rows_by_name(tmp_path / "linked", "validation") == rows_by_name(tmp_path / "plain", "validation")
+
+
+def test_symlink_loop_is_refused(s2glc_sample, tmp_path):
+    inputs = extract_real_pairs(tmp_path / "inputs", s2glc_sample)
+    (inputs / "val" / "images" / "again").symlink_to(inputs / "val", target_is_directory=True)
+    assert_fails_cleanly(tmp_path, "a folder already listed through another path", verify_md5=False, md5_list=False)
+
+
 def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

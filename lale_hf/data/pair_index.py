@@ -25,6 +25,7 @@ class SplitSource:
     split: str
     path: Path
     kind: str  # "zip" or "folder"
+    tree: Path | None = None  # the input folder: symbolic links in a split folder must not lead outside it
 
     @property
     def label(self) -> str:
@@ -48,11 +49,13 @@ class SplitIndex:
 def find_split_sources(input_dir: str | os.PathLike, splits: Iterable[str] | None = None) -> dict[str, SplitSource]:
     """Finds each split's zip (`train.zip`, ...) or extracted folder (`train/`, `ARAS400k/train/`, ...) in `input_dir`.
 
-    A zip wins over a folder of the same split (the zip is what the checksums cover).
+    A zip wins over a folder of the same split (the zip is what the checksums cover). A zip or split folder that
+    is a symbolic link to somewhere outside `input_dir` is refused.
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise Aras400kError(f"--input_dir {input_dir} is not a folder; expected one holding train.zip, val.zip, ...")
+    tree = input_dir.resolve()
     wanted = list(SPLIT_SOURCES) if splits is None else list(splits)
     unknown = [split for split in wanted if split not in SPLIT_SOURCES]
     if unknown:
@@ -62,11 +65,11 @@ def find_split_sources(input_dir: str | os.PathLike, splits: Iterable[str] | Non
         source_name = SPLIT_SOURCES[split]
         zip_path = input_dir / f"{source_name}.zip"
         if zip_path.is_file():
-            found[split] = SplitSource(split, zip_path, "zip")
+            found[split] = SplitSource(split, _inside_tree(zip_path, tree), "zip", tree)
             continue
         for folder in (input_dir / source_name, input_dir / split, input_dir / "ARAS400k" / source_name):
             if folder.is_dir():
-                found[split] = SplitSource(split, folder, "folder")
+                found[split] = SplitSource(split, _inside_tree(folder, tree), "folder", tree)
                 break
     missing = [split for split in wanted if split not in found]
     if splits is not None and missing:
@@ -81,6 +84,17 @@ def find_split_sources(input_dir: str | os.PathLike, splits: Iterable[str] | Non
             "test/, synth/ folders."
         )
     return found
+
+
+def _inside_tree(path: Path, tree: Path) -> Path:
+    """`path`, checked to stay inside `tree` once symbolic links are resolved."""
+    target = path.resolve()
+    if target != tree and tree not in target.parents:
+        raise Aras400kError(
+            f"{path} is a symbolic link to {target}, outside the input folder {tree}; refusing to read files from "
+            "outside it. Pass the folder that holds the split itself as --input_dir."
+        )
+    return path
 
 
 def _unsafe_member_path(name: str) -> bool:
@@ -152,7 +166,10 @@ def index_split(
     Rejects absolute or `..` member paths, non-PNG files in those folders, absurd declared sizes, several prefixes,
     and (unless `skip_unpaired`) unpaired or duplicated stems; an empty split is always an error.
     """
-    members = iter_zip_members(source.path) if source.kind == "zip" else iter_folder_members(source.path)
+    if source.kind == "zip":
+        members = iter_zip_members(source.path)
+    else:
+        members = iter_folder_members(source.path, source.tree)
     where = source.label
     split = source.split
     prefixes = {"images": set(), "masks": set()}

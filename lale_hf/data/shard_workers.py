@@ -81,7 +81,7 @@ def _worker_loop(task_queue, result_queue, counter):
 def convert_shard(task: ShardTask) -> ShardResult:
     """Converts one shard's pairs into one Parquet file, a row group at a time."""
     source = task.source
-    reader = ZipMemberReader(source.path) if source.kind == "zip" else FolderMemberReader(source.path)
+    reader = ZipMemberReader(source.path) if source.kind == "zip" else FolderMemberReader(source.path, source.tree)
     columns = {name: [] for name in task.schema.names}
     num_examples = num_bytes = unknown_pixels = 0
     writer = pq.ParquetWriter(

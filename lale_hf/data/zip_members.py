@@ -141,29 +141,68 @@ class ZipMemberReader:
         self.handle.close()
 
 
-class FolderMemberReader:
-    """Reads members of an extracted split folder by relative path."""
+def _inside(path: Path, tree: Path) -> bool:
+    return path == tree or tree in path.parents
 
-    def __init__(self, root: Path):
+
+def _outside_error(link: Path, target: Path, tree: Path) -> Aras400kError:
+    return Aras400kError(
+        f"{link} is a symbolic link to {target}, outside the input folder {tree}; refusing to read files from outside "
+        "it. Replace the link by the file or folder it points to, or pass the folder that holds them as --input_dir."
+    )
+
+
+class FolderMemberReader:
+    """Reads members of an extracted split folder by relative path; a file that a symbolic link now leads outside
+    `tree` is refused, even if the link changed after listing."""
+
+    def __init__(self, root: Path, tree: Path | None = None):
         self.root = root
+        self.tree = Path(os.path.realpath(tree if tree is not None else root))
 
     def read(self, name: str, location: bytes) -> bytes:
-        return (self.root / name).read_bytes()
+        path = self.root / name
+        target = Path(os.path.realpath(path))
+        if not _inside(target, self.tree):
+            raise _outside_error(path, target, self.tree)
+        return target.read_bytes()
 
     def close(self):
         pass
 
 
-def iter_folder_members(root: Path) -> Iterator[tuple[str, int, bytes]]:
-    """Yields (relative posix path, size, b"") for every file under an extracted split folder, streaming."""
+def iter_folder_members(root: Path, tree: Path | None = None) -> Iterator[tuple[str, int, bytes]]:
+    """Yields (relative posix path, size, b"") for every file under an extracted split folder, streaming.
+
+    Symbolic links are followed while they stay inside `tree` (default: `root`), whether to files or to folders
+    (e.g. `images/` linked to a folder beside it); a link that leaves it is an `Aras400kError` naming the link, and
+    so is a folder reached twice (a link loop).
+    """
+    tree = Path(os.path.realpath(tree if tree is not None else root))
+    visited = {Path(os.path.realpath(root))}
     folders = [root]
     while folders:
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(Path(entry.path))
-                elif entry.is_file():
-                    yield Path(entry.path).relative_to(root).as_posix(), entry.stat().st_size, b""
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    target = Path(os.path.realpath(path))
+                    if not _inside(target, tree):
+                        raise _outside_error(path, target, tree)
+                    is_dir, is_file = target.is_dir(), target.is_file()
+                else:
+                    target, is_dir, is_file = path, entry.is_dir(follow_symlinks=False), entry.is_file()
+                if is_dir:
+                    real = Path(os.path.realpath(path))
+                    if real in visited:
+                        raise Aras400kError(
+                            f"{path} leads to {real}, a folder already listed through another path (a symbolic-link "
+                            "loop or a second link to the same folder)."
+                        )
+                    visited.add(real)
+                    folders.append(path)
+                elif is_file:
+                    yield path.relative_to(root).as_posix(), target.stat().st_size, b""
 
 
 # Writing ARAS-format zips (for the procedural sample and for tests that rebuild the official layout).
