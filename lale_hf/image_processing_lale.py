@@ -90,7 +90,7 @@ def scale_to_uint8(bands, scaling: str | float = "per_patch_max") -> np.ndarray:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-RGB_HINT = (
+_RGB_HINT = (
     "LALE expects 8-bit RGB. For 16-bit or multi-band rasters (e.g. Sentinel-2 B, G, R, NIR), select the RGB "
     "bands and scale them with `lale_hf.scale_to_uint8(bands, scaling='per_patch_max')` first."
 )
@@ -112,7 +112,7 @@ def _as_model_input(image, num_bands: int = 3, input_data_format=None) -> np.nda
     channels-first, 8-bit values as uint8 and floats in [0, 1] as float32 in the 8-bit range.
     """
     if num_bands == 3:
-        hint = RGB_HINT
+        hint = _RGB_HINT
     else:
         hint = (
             f"This processor expects {num_bands} bands (the length of its `image_mean` and `image_std`), as 8-bit "
@@ -147,8 +147,7 @@ def _as_model_input(image, num_bands: int = 3, input_data_format=None) -> np.nda
         if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
             raise ValueError(
                 f"Float images must hold {'RGB ' if num_bands == 3 else ''}values in [0, 1]; got values in "
-                f"[{np.nanmin(array)}, "
-                f"{np.nanmax(array)}]. {hint}"
+                f"[{np.nanmin(array)}, {np.nanmax(array)}]. {hint}"
             )
         # Documented conversion: floats in [0, 1] are the 8-bit range divided by 255.
         array = (array * 255.0).astype(np.float32)
