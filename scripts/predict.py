@@ -21,6 +21,10 @@ On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one br
 maximum; a number is a fixed gain. The choice and the divisor or gain used are recorded in the outputs (stats JSON,
 GeoTIFF tags, PNG text).
 
+No data: pixels whose selected bands all equal the raster's nodata value, or where any selected band is NaN or
+±inf, get class 255 ("no data" in the statistics) and are left out of every scaling statistic. A scene without a
+valid pixel is an error.
+
 Scenes larger than a tile are predicted in sliding windows (--tile_size, --overlap) whose logits are averaged with
 linear ramps over the overlaps, so tile borders leave no seams. Rasters are read and GeoTIFFs written window by
 window; memory does not grow with the scene's area. A PNG class map (input without a CRS) is held whole until saved,

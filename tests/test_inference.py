@@ -387,6 +387,121 @@ def test_area_statistics_in_geographic_coordinates():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# NaN and infinity are no data (real rasters written as float32 GeoTIFFs)
+
+
+def float_scene(s2glc_sample: Path, height: int = 600, width: int = 700) -> np.ndarray:
+    """The raw uint16 mosaic of real patches as float32 reflectance counts (exact: every uint16 fits float32)."""
+    return raw_mosaic(s2glc_sample, height, width).astype(np.float32)
+
+
+def predict_raster(path: Path, predictor, out: Path, **kwargs) -> tuple[np.ndarray, dict]:
+    result = predict_file(path, predictor, out, bands=(3, 2, 1), progress=False, **kwargs)
+    with rasterio.open(result["outputs"]["classes"]) as classes:
+        return classes.read(1), result
+
+
+def test_declared_nan_nodata_is_no_data_everywhere(s2glc_sample, predictor, tmp_path):
+    """A NaN margin declared as nodata=NaN gives exactly the map of the same scene stored as uint16 with nodata=0."""
+    data = float_scene(s2glc_sample)
+    data[:, :40, :] = np.nan  # the swath edge, all bands
+    nan_scene = write_geotiff(
+        tmp_path / "nan_nodata.tif", data, nodata=np.nan, tiled=True, blockxsize=256, blockysize=256
+    )
+    reference = data.copy()
+    reference[:, :40, :] = 0
+    zero_scene = write_geotiff(tmp_path / "zero_nodata.tif", reference.astype(np.uint16), nodata=0)
+
+    labels, result = predict_raster(nan_scene, predictor, tmp_path / "out")
+    expected, expected_result = predict_raster(zero_scene, predictor, tmp_path / "out")
+
+    assert (labels[:40] == 255).all() and (labels[40:] != 255).all()
+    np.testing.assert_array_equal(labels, expected)
+    assert result["prediction"]["scaling"]["peak"] == expected_result["prediction"]["scaling"]["peak"]
+    nodata = [item for item in result["classes"] if item["id"] == 255]
+    assert nodata and nodata[0]["pixels"] == 40 * 700 and nodata[0]["km2"] == pytest.approx(2.8)
+    assert sum(item["pixels"] for item in result["classes"] if item["id"] != 255) == 560 * 700
+
+
+def test_nan_and_inf_pixels_without_declared_nodata_leave_the_scene_scaled(s2glc_sample, predictor, tmp_path):
+    """One non-finite value in every 256x256 block (the divisor was 0 and the scene black): the pixels are no data,
+    and everything else is the map of the same scene with zeros there."""
+    data = float_scene(s2glc_sample)
+    rng = np.random.default_rng(0)
+    rows, cols = zip(
+        *[
+            (row + int(rng.integers(0, 88)), col + int(rng.integers(0, 188)))
+            for row in (0, 256, 512)
+            for col in (0, 256, 512)
+        ],
+        strict=True,
+    )
+    holes = np.zeros((600, 700), dtype=bool)
+    holes[rows, cols] = True
+    reference = data.copy()
+    reference[:, holes] = 0
+    for index, (row, col) in enumerate(zip(rows, cols, strict=True)):
+        data[index % 3, row, col] = (np.nan, np.inf, -np.inf)[index % 3]  # in one selected band only
+    holed = write_geotiff(tmp_path / "holed.tif", data)
+    zeroed = write_geotiff(tmp_path / "zeroed.tif", reference)
+
+    labels, result = predict_raster(holed, predictor, tmp_path / "out")
+    expected, expected_result = predict_raster(zeroed, predictor, tmp_path / "out")
+
+    assert result["prediction"]["scaling"]["peak"] == expected_result["prediction"]["scaling"]["peak"] > 255
+    assert (labels[holes] == 255).all()
+    np.testing.assert_array_equal(labels[~holes], expected[~holes])
+    assert (expected != 255).all()
+    nodata = [item for item in result["classes"] if item["id"] == 255]
+    assert nodata[0]["pixels"] == holes.sum() == 9
+
+
+def test_per_patch_max_tile_with_nan_is_not_blacked_out(s2glc_sample, predictor, tmp_path):
+    """A tile holding NaN or inf is divided by the maximum of its finite pixels (NaN made it all black)."""
+    with rasterio.open(s2glc_sample / "raw-tif" / "s2glc_00042.tif") as dataset:
+        data = dataset.read().astype(np.float32)
+    holes = np.zeros(data.shape[1:], dtype=bool)
+    holes[100, 100:110] = holes[7, 9] = True
+    reference = data.copy()
+    reference[:, holes] = 0
+    data[:, 100, 100:110] = np.nan
+    data[0, 7, 9] = np.inf
+    holed = write_geotiff(tmp_path / "holed.tif", data)
+    zeroed = write_geotiff(tmp_path / "zeroed.tif", reference)
+
+    labels, result = predict_raster(holed, predictor, tmp_path / "out", scaling="per_patch_max")
+    expected, _ = predict_raster(zeroed, predictor, tmp_path / "out", scaling="per_patch_max")
+
+    assert result["prediction"]["scaling"]["method"] == "per_patch_max"
+    assert (labels[holes] == 255).all()
+    np.testing.assert_array_equal(labels[~holes], expected[~holes])
+    assert len(np.unique(expected)) > 1
+    rgb, reference_rgb = (np.moveaxis(array, 0, -1)[..., [2, 1, 0]] for array in (data, reference))
+    np.testing.assert_array_equal(Scaling("per_patch_max").apply(rgb), Scaling("per_patch_max").apply(reference_rgb))
+
+
+@pytest.mark.parametrize("scaling", ["auto", "per_patch_max", "0.085"])
+def test_a_scene_without_a_valid_pixel_is_an_error_naming_it(
+    s2glc_sample, tiny_checkpoint, predictor, tmp_path, clean_env, scaling
+):
+    data = np.full((4, 300, 280), np.nan, dtype=np.float32)
+    data[1, :10] = np.inf  # finite nowhere in all of the bands
+    scene = write_geotiff(tmp_path / "all_nan.tif", data, nodata=np.nan)
+    out = tmp_path / "out"
+    with pytest.raises(InferenceError, match=r"all_nan\.tif: no valid pixel"):
+        predict_file(scene, predictor, out, bands=(3, 2, 1), scaling=scaling, progress=False)
+    assert files_in(out) == []
+    with pytest.raises(InferenceError, match=r"<image>: no valid pixel"):
+        predict_image(np.moveaxis(data, 0, -1), predictor, bands=(3, 2, 1), scaling=scaling)
+    if scaling == "auto":
+        result = run_predict(
+            clean_env, "--model", tiny_checkpoint, "--output_dir", out, "--bands", "3,2,1", "--no_progress", scene
+        )
+        assert result.returncode == 2 and "all_nan.tif: no valid pixel" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and files_in(out) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Bad input: clear errors, no partial outputs
 
 
@@ -500,6 +615,16 @@ def test_missing_optional_extras_are_named(s2glc_sample, clean_env, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'lale-hf[geo]'" in result.stdout and "pip install 'lale-hf[onnx]'" in result.stdout
+
+
+def test_importing_inference_loads_no_optional_extra(clean_env):
+    code = (
+        "import sys, lale_hf.inference, lale_hf.preprocessing\n"
+        "print(sorted(m for m in ('rasterio', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=clean_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_existing_outputs_need_overwrite(s2glc_sample, predictor, tmp_path):

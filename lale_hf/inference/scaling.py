@@ -37,14 +37,22 @@ class Scaling:
     ARAS400k patch size) of each block's maximum, i.e. what a typical ARAS400k patch cut from this scene was divided
     by, robust to a few bright clouds. `gain`: `x * gain`, the fixed alternative. Divisors apply as
     `x / peak * 255`, clipped and truncated to uint8 exactly as ARAS400k was built, so a single patch scaled with
-    `patch_max_median` reproduces it.
+    `patch_max_median` reproduces it. Pixels without data (the declared nodata value, NaN, ±inf) are left out of
+    every maximum and become 0.
     """
 
     method: str
     peak: float | None = None
     gain: float | None = None
 
-    def apply(self, bands: np.ndarray) -> np.ndarray:
+    def apply(self, bands: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (H, W, C) from raw (H, W, C) values; pixels outside `valid` (default: the finite ones) become 0 and
+        are left out of the per-patch maximum."""
+        bands = np.asarray(bands)
+        if valid is None:
+            valid = valid_mask(bands, None)
+        if valid is not None:
+            bands = np.where(valid[..., None], bands, np.zeros((), dtype=bands.dtype))
         if self.method == "none":
             return np.asarray(bands, dtype=np.uint8)
         if self.method == "gain":
@@ -121,11 +129,20 @@ def resolve_scaling(
         values = window[valid] if valid is not None else window
         if values.size:
             maxima.append(float(values.max()))
+    if not maxima:
+        raise no_valid_pixel_error(source, bands, nodata)
     maxima = [value for value in maxima if value > 0]
     if not maxima:
         return Scaling(method, peak=0.0)
     peak = max(maxima) if method == "scene_max" else float(np.median(maxima))
     return Scaling(method, peak=peak)
+
+
+def no_valid_pixel_error(source, bands, nodata) -> InferenceError:
+    declared = f"the nodata value {nodata.tolist()}, NaN or ±inf" if nodata is not None else "NaN or ±inf"
+    return InferenceError(
+        f"{source.name}: no valid pixel in bands {list(bands)}: every pixel is {declared}; nothing to predict."
+    )
 
 
 __all__ = ["SCALING_METHODS", "Scaling", "check_scaling", "parse_scaling", "resolve_scaling"]

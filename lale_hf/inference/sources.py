@@ -196,16 +196,32 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def nodata_values(source, bands: Sequence[int]) -> np.ndarray | None:
-    """The raster's nodata value of each selected band, or None when it declares none."""
+    """The raster's nodata value of each selected band, or None when it declares none (NaN stays NaN)."""
     values = [source.nodata[band - 1] for band in bands] if source.nodata else []
     if not values or any(value is None for value in values):
         return None
     return np.asarray(values, dtype=source.dtype)
 
 
+def may_hold_nodata(source, nodata: np.ndarray | None) -> bool:
+    """Whether some pixel of this source can be no data: a declared nodata value, or floats (NaN and ±inf)."""
+    return nodata is not None or np.issubdtype(source.dtype, np.inexact)
+
+
 def valid_mask(window: np.ndarray, nodata: np.ndarray | None) -> np.ndarray | None:
-    """(H, W) bool, False where every selected band holds its nodata value; None when every pixel is valid."""
-    return None if nodata is None else ~np.all(window == nodata, axis=-1)
+    """(H, W) bool of the pixels that hold data; None when every pixel does.
+
+    No data: every selected band equals its declared nodata value, or any selected band is NaN or ±inf (a pixel
+    with one non-finite band cannot be scaled). A declared nodata of NaN is matched by the second rule, since
+    NaN != NaN.
+    """
+    invalid = None
+    if nodata is not None:
+        invalid = np.all(window == nodata, axis=-1)
+    if np.issubdtype(window.dtype, np.inexact):
+        non_finite = ~np.all(np.isfinite(window), axis=-1)
+        invalid = non_finite if invalid is None else invalid | non_finite
+    return None if invalid is None else ~invalid
 
 
 __all__ = [
@@ -217,6 +233,7 @@ __all__ = [
     "RasterioSource",
     "check_size",
     "expand_inputs",
+    "may_hold_nodata",
     "nodata_values",
     "open_source",
     "parse_bands",

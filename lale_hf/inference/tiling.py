@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from .errors import InferenceError
 from .predictors import Predictor
-from .scaling import Scaling
-from .sources import NODATA_CLASS, check_size, nodata_values, valid_mask
+from .scaling import Scaling, no_valid_pixel_error
+from .sources import NODATA_CLASS, check_size, may_hold_nodata, nodata_values, valid_mask
 
 
 OUTPUT_STRIDE = 4
@@ -115,23 +115,26 @@ def blend_weights(start: int, length: int, total: int, overlap: int) -> np.ndarr
     return weights
 
 
-def _read_tile(source, bands, scaling: Scaling, grid: TileGrid, y: int, x: int) -> np.ndarray:
-    """The scaled uint8 RGB tile at (y, x), edge-padded where the grid runs past the scene."""
+def _read_tile(source, bands, nodata, scaling: Scaling, grid: TileGrid, y: int, x: int) -> np.ndarray:
+    """The scaled uint8 RGB tile at (y, x), no data as 0, edge-padded where the grid runs past the scene."""
     height, width = min(grid.tile_height, grid.height - y), min(grid.tile_width, grid.width - x)
-    tile = scaling.apply(source.read(bands, y, x, height, width))
+    window = source.read(bands, y, x, height, width)
+    tile = scaling.apply(window, valid_mask(window, nodata))
     if height < grid.tile_height or width < grid.tile_width:
         tile = np.pad(tile, ((0, grid.tile_height - height), (0, grid.tile_width - width), (0, 0)), mode="edge")
     return tile
 
 
 def _batches(
-    source, bands, scaling, grid, predictor, batch_size
+    source, bands, nodata, scaling, grid, predictor, batch_size
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
     """Batches of tiles, in raster order, and their logits."""
     tiles = [(y, x) for y in grid.ys for x in grid.xs]
     for start in range(0, len(tiles), batch_size):
         chunk = tiles[start : start + batch_size]
-        pixel_values = np.stack([predictor.normalize(_read_tile(source, bands, scaling, grid, y, x)) for y, x in chunk])
+        pixel_values = np.stack(
+            [predictor.normalize(_read_tile(source, bands, nodata, scaling, grid, y, x)) for y, x in chunk]
+        )
         yield chunk, predictor(pixel_values)
 
 
@@ -197,6 +200,8 @@ def iter_label_rows(
         cells_high, cells_wide = grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
     tile_cells = -(-grid.tile_height // OUTPUT_STRIDE)
     nodata = nodata_values(source, bands)
+    masked = may_hold_nodata(source, nodata)
+    valid_pixels = 0
     weights_x = {x: blend_weights(x, grid.tile_width, grid.padded_width, grid.overlap) for x in grid.xs}
     # acc/weight hold logit rows [acc_row, acc_row + tile_cells) of the current tile row; ready holds final,
     # normalised logit rows from ready_row on, kept until the rows they feed have been emitted.
@@ -207,7 +212,7 @@ def iter_label_rows(
     emitted = 0
 
     def finish_rows(upto_cell: int):
-        nonlocal acc, weight, acc_row, ready, ready_row, emitted
+        nonlocal acc, weight, acc_row, ready, ready_row, emitted, valid_pixels
         count = upto_cell - acc_row
         final = acc[:, :count] / weight[:count]
         ready = torch.cat([ready, final], dim=1)
@@ -217,15 +222,15 @@ def iter_label_rows(
         limit = grid.height if done else min(grid.height, upto_cell * OUTPUT_STRIDE - 2)
         if limit > emitted:
             labels = _upsample_to_labels(ready, ready_row, grid, emitted, limit)
-            if nodata is not None:
-                labels = _mask_nodata(source, bands, nodata, labels, emitted)
+            if masked:
+                valid_pixels += _mask_nodata(source, bands, nodata, labels, emitted)
             yield emitted, labels
             emitted = limit
             keep_from = max(emitted // OUTPUT_STRIDE - 1, 0)
             ready, ready_row = ready[:, keep_from - ready_row :], keep_from
 
     with tqdm(total=grid.num_tiles, desc=Path(source.name).name, unit="tile", disable=not progress) as bar:
-        for tiles, logits in _batches(source, bands, scaling, grid, predictor, batch_size):
+        for tiles, logits in _batches(source, bands, nodata, scaling, grid, predictor, batch_size):
             if logits.shape[-2:] != (tile_cells, -(-grid.tile_width // OUTPUT_STRIDE)):
                 raise InferenceError(
                     f"The model returned logits of size {tuple(logits.shape[-2:])} for tiles of "
@@ -252,15 +257,22 @@ def iter_label_rows(
                 weight[: tile_logits.shape[-2], cell_x : cell_x + cells_x] += tile_weight
                 bar.update(1)
         yield from finish_rows(cells_high)
+    if masked and not valid_pixels:
+        # Checked at the end for scalings without a first pass; the caller discards what was written.
+        raise no_valid_pixel_error(source, bands, nodata)
 
 
-def _mask_nodata(source, bands, nodata: np.ndarray, labels: np.ndarray, row0: int) -> np.ndarray:
-    """Sets pixels where every selected band is the raster's nodata value to `NODATA_CLASS`."""
+def _mask_nodata(source, bands, nodata: np.ndarray | None, labels: np.ndarray, row0: int) -> int:
+    """Sets the pixels of `labels` (rows from `row0`) that hold no data to `NODATA_CLASS`; returns how many hold
+    data."""
+    valid_pixels = 0
     for col0 in range(0, source.width, UPSAMPLE_CHUNK):
         col1 = min(col0 + UPSAMPLE_CHUNK, source.width)
         window = source.read(bands, row0, col0, labels.shape[0], col1 - col0)
-        labels[:, col0:col1][~valid_mask(window, nodata)] = NODATA_CLASS
-    return labels
+        valid = valid_mask(window, nodata)
+        labels[:, col0:col1][~valid] = NODATA_CLASS
+        valid_pixels += int(valid.sum())
+    return valid_pixels
 
 
 __all__ = ["OUTPUT_STRIDE", "TileGrid", "blend_weights", "check_tiling", "iter_label_rows", "plan_tiles"]
