@@ -16,10 +16,13 @@ from huggingface_hub import ModelCard
 from rasterio.transform import from_origin
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
-from lale_hf.benchmark import model_figures
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the benchmark library, outside the package
+from lale_bench import model_figures  # noqa: E402
+
+
 PRESETS = ("lale-tiny", "lale-small", "lale-base")
 SECTIONS = ("## Usage", "## Architecture", "## Efficiency", "## Training", "## Evaluation", "## Intended use",
             "## Limitations", "## Citation")
@@ -61,7 +64,7 @@ def test_card_figures_match_the_preset(name):
     assert f"| parameters | {figures['parameters']:,} |" in text
     assert f"| GMACs per 256x256 image | {figures['gmacs']:.3f} |" in text
     assert f"| `model.safetensors` (fp32) | {figures['safetensors_bytes'] / 1e6:.2f} MB |" in text
-    assert "python scripts/benchmark_predict.py --model_figures" in text and "scripts/benchmark.py" in text
+    assert "python benchmarks/benchmark_predict.py --model_figures" in text and "benchmarks/benchmark.py" in text
 
     def row(values):
         return " / ".join(map(str, values))

@@ -2,7 +2,7 @@
 """Training-side benchmark: data loading with augmentation against the model's consumption rate, and training
 throughput of LALE-tiny against SegFormer-B0 through `scripts/train.py` itself.
 
-    python scripts/benchmark_train.py --dataset_name outputs/s2glc --output_json outputs/benchmark_train.json
+    python benchmarks/benchmark_train.py --dataset_name outputs/s2glc --output_json outputs/benchmark_train.json
 
 Rounds are interleaved (A, B, A, B, ...) and medians reported, with every ratio taken within this run: the machine
 is shared and noisy, so absolute figures from different runs are not comparable.
@@ -22,6 +22,7 @@ import torch
 from transformers import SegformerConfig
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
+from lale_hf.file_utils import write_atomic
 from lale_hf.training import OverheadAugmentation, SegmentationDataset, load_segmentation_splits, segmentation_loss
 
 
@@ -44,8 +45,9 @@ def parse_args():
 def loader_images_per_second(split, args, num_workers: int) -> float:
     augmentation = OverheadAugmentation(crop_size=args.image_size)
     dataset = SegmentationDataset(split, args.image_size, augmentation, seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=num_workers,
-                                         drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, num_workers=num_workers, drop_last=True
+    )
     iterator = iter(loader)
     next(iterator)  # worker start-up is paid once per epoch, not per batch
     start = time.perf_counter()
@@ -68,12 +70,10 @@ def model_images_per_second(model, optimizer, args) -> float:
 
 def train_script_samples_per_second(model_args: list[str], args, workdir: Path) -> float:
     output = Path(tempfile.mkdtemp(dir=workdir))
-    command = [
-        sys.executable, "scripts/train.py", "--dataset_name", args.dataset_name, *model_args,
-        "--max_train_steps", str(args.train_steps), "--per_device_train_batch_size", str(args.batch_size),
-        "--image_size", str(args.image_size), "--max_eval_samples", "8", "--eval_steps", str(args.train_steps + 1),
-        "--output_dir", str(output),
-    ]
+    command = [sys.executable, "scripts/train.py", "--dataset_name", args.dataset_name, *model_args]
+    command += ["--max_train_steps", str(args.train_steps), "--per_device_train_batch_size", str(args.batch_size)]
+    command += ["--image_size", str(args.image_size), "--max_eval_samples", "8"]
+    command += ["--eval_steps", str(args.train_steps + 1), "--output_dir", str(output)]
     subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads((output / "all_results.json").read_text())["train_samples_per_second"]
 
@@ -95,8 +95,10 @@ def main():
     medians = {name: statistics.median(values) for name, values in rates.items()}
     consumption = medians["lale_tiny_train_step"]
 
-    print(f"\nData loading with augmentation vs LALE-tiny training consumption "
-          f"(batch {args.batch_size}, {args.image_size}px, {torch.get_num_threads()} threads, median of {args.rounds})")
+    print(
+        f"\nData loading with augmentation vs LALE-tiny training consumption "
+        f"(batch {args.batch_size}, {args.image_size}px, {torch.get_num_threads()} threads, median of {args.rounds})"
+    )
     print("| pipeline | img/s | ratio to model consumption |\n|---|---|---|")
     for name, value in medians.items():
         print(f"| {name} | {value:.1f} | {value / consumption:.2f}x |")
@@ -113,8 +115,10 @@ def main():
                     samples[name].append(train_script_samples_per_second(model_args, args, Path(workdir)))
         script = {name: statistics.median(values) for name, values in samples.items()}
         ratio = script["lale-tiny"] / script["segformer-b0"]
-        print(f"\nscripts/train.py throughput ({args.train_steps} steps, batch {args.batch_size}, "
-              f"median of {args.train_rounds} interleaved runs)")
+        print(
+            f"\nscripts/train.py throughput ({args.train_steps} steps, batch {args.batch_size}, "
+            f"median of {args.train_rounds} interleaved runs)"
+        )
         print("| model | train img/s |\n|---|---|")
         for name, value in script.items():
             print(f"| {name} | {value:.2f} |")
@@ -129,12 +133,8 @@ def main():
         "medians_img_per_s": medians,
         "train_script_img_per_s": script,
     }
-    output = Path(args.output_json)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(json.dumps(report, indent=2))
-    os.replace(partial, output)
-    print(f"\nJSON: {output}")
+    write_atomic(args.output_json, json.dumps(report, indent=2))
+    print(f"\nJSON: {args.output_json}")
 
 
 if __name__ == "__main__":

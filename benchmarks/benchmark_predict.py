@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Large-scene prediction benchmark: throughput of the PyTorch and ONNX Runtime paths, and peak memory versus scene size.
+"""Large-scene prediction benchmark: throughput of the PyTorch and ONNX Runtime paths, peak memory against scene size.
 
 Scenes are georeferenced 16-bit 4-band (B, G, R, NIR) GeoTIFF mosaics of the real raw patches in
 s2glc-sample/raw-tif (each placed with a random flip/rotation), predicted with --bands 3,2,1 and the default scaling
@@ -8,9 +8,9 @@ not depend on the weights. Throughput runs in this process, one backend after th
 memory is the max RSS of `scripts/predict.py` run as a child process per scene size.
 
 Examples:
-  python scripts/benchmark_predict.py                      # throughput on 4096x4096, memory at 2048 and 8192
-  python scripts/benchmark_predict.py --throughput_size 10980 --memory_sizes
-  python scripts/benchmark_predict.py --model_figures      # params, GMACs, safetensors size of the presets
+  python benchmarks/benchmark_predict.py                   # throughput on 4096x4096, memory at 2048 and 8192
+  python benchmarks/benchmark_predict.py --throughput_size 10980 --memory_sizes
+  python benchmarks/benchmark_predict.py --model_figures   # params, GMACs, safetensors size of the presets
 """
 
 import argparse
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lale_bench import model_figures, silence_third_party_noise
 from tqdm.auto import tqdm
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
-from lale_hf.benchmark import model_figures
-from lale_hf.inference import load_predictor, predict_file
+from lale_hf.file_utils import write_atomic
+from lale_hf.inference import export_onnx, load_predictor, predict_file
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,16 @@ def write_mosaic(path: Path, size: int, raw_dir: Path, seed: int = 0):
                 patches.append(dataset.read())
     rng = np.random.default_rng(seed)
     profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32633",
-        transform=from_origin(500000.0, 5200000.0, 10.0, 10.0), tiled=True, blockxsize=256, blockysize=256,
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000.0, 5200000.0, 10.0, 10.0),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
         compress="deflate",
     )
     with rasterio.open(path, "w", **profile) as dataset:
@@ -97,6 +106,7 @@ def peak_rss_of(command: list[str]) -> tuple[float, float]:
 
 
 def main():
+    silence_third_party_noise()
     args = parse_args()
 
     if args.model_figures:
@@ -110,8 +120,6 @@ def main():
                 f"{figures['safetensors_bytes'] / 1e6:.2f} MB |"
             )
         return
-
-    from lale_hf.onnx_export import export_onnx
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lale-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -156,38 +164,47 @@ def main():
         batch = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.tile_size, args.tile_size))
         batch = batch.astype(np.float32)
         runs = {backend: [] for backend in args.backends}
-        for backend, predictor in predictors.items():
+        for predictor in predictors.values():
             predict_file(warmup, predictor, work / "out-warmup", overwrite=True, progress=False, **settings)
         for _ in range(args.repeats):
             for backend, predictor in predictors.items():
                 load = os.getloadavg()[0]
                 start = time.perf_counter()
-                stats = predict_file(scenes[size], predictor, work / f"out-{backend}", overwrite=True, progress=False, **settings)
+                output = work / f"out-{backend}"
+                stats = predict_file(scenes[size], predictor, output, overwrite=True, progress=False, **settings)
                 seconds = time.perf_counter() - start
                 tiles = stats["prediction"]["num_tiles"]
                 start = time.perf_counter()
                 for done in range(0, tiles, args.batch_size):
                     predictor(batch[: min(args.batch_size, tiles - done)])
-                runs[backend].append({"seconds": seconds, "model_only_seconds": time.perf_counter() - start, "load": load})
+                model_only = time.perf_counter() - start
+                runs[backend].append({"seconds": seconds, "model_only_seconds": model_only, "load": load})
         first = args.backends[0]
         for backend, backend_runs in runs.items():
             seconds = np.array([run["seconds"] for run in backend_runs])
             paired = np.array([run["seconds"] for run in runs[first]]) / seconds
-            results["throughput"].append({
-                "backend": backend,
-                "scene": f"{size}x{size}",
-                "tiles": tiles,
-                "runs": backend_runs,
-                "median_mpx_per_s": size * size / float(np.median(seconds)) / 1e6,
-                "best_mpx_per_s": size * size / float(seconds.min()) / 1e6,
-                "paired_speedup_vs_first": float(np.median(paired)),
-                "model_share": float(np.median([run["model_only_seconds"] / run["seconds"] for run in backend_runs])),
-            })
+            results["throughput"].append(
+                {
+                    "backend": backend,
+                    "scene": f"{size}x{size}",
+                    "tiles": tiles,
+                    "runs": backend_runs,
+                    "median_mpx_per_s": size * size / float(np.median(seconds)) / 1e6,
+                    "best_mpx_per_s": size * size / float(seconds.min()) / 1e6,
+                    "paired_speedup_vs_first": float(np.median(paired)),
+                    "model_share": float(
+                        np.median([run["model_only_seconds"] / run["seconds"] for run in backend_runs])
+                    ),
+                }
+            )
         print(
-            f"\nThroughput, LALE-tiny fp32, {args.tile_size} tiles, {args.overlap:.0%} overlap, batch {args.batch_size}, "
-            f"{size}x{size} scene ({tiles} tiles), {args.repeats} rounds"
+            f"\nThroughput, LALE-tiny fp32, {args.tile_size} tiles, {args.overlap:.0%} overlap, "
+            f"batch {args.batch_size}, {size}x{size} scene ({tiles} tiles), {args.repeats} rounds"
         )
-        print("| backend | median Mpx/s | best Mpx/s | vs first (paired) | model alone / end to end | 10980x10980 at best |")
+        print(
+            "| backend | median Mpx/s | best Mpx/s | vs first (paired) | model alone / end to end "
+            "| 10980x10980 at best |"
+        )
         print("|---|---|---|---|---|---|")
         for row in results["throughput"]:
             print(
@@ -195,18 +212,18 @@ def main():
                 f"{row['paired_speedup_vs_first']:.2f}x | {row['model_share']:.0%} | "
                 f"{10980 * 10980 / row['best_mpx_per_s'] / 1e6:.0f} s |"
             )
-        print(f"load average during the runs: {min(r['load'] for v in runs.values() for r in v):.1f}-"
-              f"{max(r['load'] for v in runs.values() for r in v):.1f}")
+        print(
+            f"load average during the runs: {min(r['load'] for v in runs.values() for r in v):.1f}-"
+            f"{max(r['load'] for v in runs.values() for r in v):.1f}"
+        )
 
     # Peak memory: a fresh `predict.py` process per backend and scene size.
     for backend in args.backends if args.memory_sizes else []:
         for size in sorted(args.memory_sizes):
-            command = [
-                sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", models[backend],
-                "--output_dir", str(work / f"mem-{backend}-{size}"), "--bands", "3,2,1", "--overwrite", "--no_progress",
-                "--tile_size", str(args.tile_size), "--overlap", str(args.overlap), "--batch_size", str(args.batch_size),
-                str(scenes[size]),
-            ]
+            command = [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), "--model", models[backend]]
+            command += ["--output_dir", str(work / f"mem-{backend}-{size}"), "--bands", "3,2,1", "--overwrite"]
+            command += ["--no_progress", "--tile_size", str(args.tile_size), "--overlap", str(args.overlap)]
+            command += ["--batch_size", str(args.batch_size), str(scenes[size])]
             rss, seconds = peak_rss_of(command)
             results["memory"].append({"backend": backend, "scene": size, "peak_rss_mib": rss, "seconds": seconds})
     if results["memory"]:
@@ -223,7 +240,7 @@ def main():
             )
 
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
     if not args.work_dir:
         shutil.rmtree(work)

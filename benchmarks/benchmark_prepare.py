@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput and peak memory of the ARAS400k converter on generated ARAS-format zip sets of several sizes.
 
-For each size, the procedural sample (`lale_hf.synthetic_landcover`, deflated zips like the official ones) is
+For each size, the procedural sample (`lale_hf.data.generate_sample`, deflated zips like the official ones) is
 generated once, then `scripts/prepare_aras400k.py` converts it in a subprocess with 1 process (the baseline of the
 same run) and with `--num_proc` processes, MD5 verification included.
 
@@ -11,10 +11,10 @@ Memory is sampled from /proc every 50 ms: the peak RSS of the main process and o
 the peak PSS of the whole process tree (forked workers share the main process's pages; PSS counts them once).
 Prints a table and writes JSON.
 
-    python scripts/benchmark_prepare.py --sizes 2500 10000 --num_proc 2
+    python benchmarks/benchmark_prepare.py --sizes 2500 10000 --num_proc 2
 
-Goal (issue #3): at least 400 pairs/s on 2 cores (ARAS400k's 400,240 pairs in under 20 minutes), and a peak memory
-that does not grow with the dataset size.
+The project's goal: at least 400 pairs/s on 2 cores (ARAS400k's 400,240 pairs in under 20 minutes), and a peak
+memory that does not grow with the dataset size.
 """
 
 import argparse
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from lale_hf.synthetic_landcover import generate_sample
+from lale_hf.data import generate_sample
+from lale_hf.file_utils import write_atomic
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +75,9 @@ def pss_kib(pid: int) -> int:
 def measure_conversion(zips: Path, output: Path, num_proc: int) -> dict:
     """Runs the converter CLI in a subprocess while sampling the memory of its process tree."""
     report_path = output.with_name(output.name + ".report.json")
-    command = [
-        sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--input_dir", str(zips),
-        "--output_dir", str(output), "--num_proc", str(num_proc), "--overwrite", "--report_json", str(report_path),
-    ]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--input_dir", str(zips)]
+    command += ["--output_dir", str(output), "--num_proc", str(num_proc), "--overwrite"]
+    command += ["--report_json", str(report_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -108,8 +108,7 @@ def measure_conversion(zips: Path, output: Path, num_proc: int) -> dict:
         "cpu_seconds_workers": report["cpu_seconds_workers"],
         # What the run would take with its processes alone on the machine: the main process's own work plus the
         # workers' work spread over num_proc cores (the same-run wall rate shows what other load cost).
-        "pairs_per_second_if_idle": pairs
-        / (report["cpu_seconds_main"] + report["cpu_seconds_workers"] / num_proc),
+        "pairs_per_second_if_idle": pairs / (report["cpu_seconds_main"] + report["cpu_seconds_workers"] / num_proc),
         "wall_seconds_with_startup": wall,
         "peak_rss_main_mib": main_hwm / 1024,
         "peak_rss_largest_worker_mib": worker_hwm / 1024,
@@ -142,20 +141,26 @@ def main():
         row["speedup_vs_1_proc"] = row["pairs_per_second"] / baseline["pairs_per_second"]
         row["aras400k_minutes_at_this_rate"] = ARAS400K_PAIRS / row["pairs_per_second"] / 60
 
-    header = (f"{'pairs':>7} {'zips MiB':>8} {'procs':>5} {'pairs/s':>8} {'x 1 proc':>8} {'CPU-bound pairs/s':>17} "
-              f"{'ARAS400k min':>12} "
-              f"{'main RSS MiB':>12} {'worker RSS MiB':>14} {'tree PSS MiB':>12}")
+    header = (
+        f"{'pairs':>7} {'zips MiB':>8} {'procs':>5} {'pairs/s':>8} {'x 1 proc':>8} {'CPU-bound pairs/s':>17} "
+        f"{'ARAS400k min':>12} "
+        f"{'main RSS MiB':>12} {'worker RSS MiB':>14} {'tree PSS MiB':>12}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['size']:>7} {row['zip_mib']:>8.0f} {row['num_proc']:>5} {row['pairs_per_second']:>8.0f} "
-              f"{row['speedup_vs_1_proc']:>8.2f} {row['pairs_per_second_if_idle']:>17.0f} "
-              f"{row['aras400k_minutes_at_this_rate']:>12.1f} "
-              f"{row['peak_rss_main_mib']:>12.0f} {row['peak_rss_largest_worker_mib']:>14.0f} "
-              f"{row['peak_pss_process_tree_mib']:>12.0f}")
-    for size, info in generation.items():
-        print(f"generated {info['patches']} patches in {info['seconds']:.1f} s "
-              f"({info['patches'] / info['seconds']:.0f} patches/s, {args.num_proc} processes)")
+        print(
+            f"{row['size']:>7} {row['zip_mib']:>8.0f} {row['num_proc']:>5} {row['pairs_per_second']:>8.0f} "
+            f"{row['speedup_vs_1_proc']:>8.2f} {row['pairs_per_second_if_idle']:>17.0f} "
+            f"{row['aras400k_minutes_at_this_rate']:>12.1f} "
+            f"{row['peak_rss_main_mib']:>12.0f} {row['peak_rss_largest_worker_mib']:>14.0f} "
+            f"{row['peak_pss_process_tree_mib']:>12.0f}"
+        )
+    for info in generation.values():
+        print(
+            f"generated {info['patches']} patches in {info['seconds']:.1f} s "
+            f"({info['patches'] / info['seconds']:.0f} patches/s, {args.num_proc} processes)"
+        )
 
     result = {
         "benchmark": "ARAS400k converter (scripts/prepare_aras400k.py) on generated ARAS-format zips",
@@ -173,10 +178,7 @@ def main():
         "runs": rows,
         "generation": generation,
     }
-    args.output_json.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output_json.with_name(f".{args.output_json.name}.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, args.output_json)
+    write_atomic(args.output_json, json.dumps(result, indent=2) + "\n")
     print(f"load average {load_at_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; JSON -> {args.output_json}")
     if args.work_dir is None:
         shutil.rmtree(work_dir, ignore_errors=True)
