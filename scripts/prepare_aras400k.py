@@ -47,6 +47,11 @@ def parse_args():
         help="Leave out unpaired and duplicated file stems (counted in the report) instead of failing.",
     )
     parser.add_argument(
+        "--allow_split_overlap",
+        action="store_true",
+        help="Convert even if validation or test shares file stems with another split (counted in the report).",
+    )
+    parser.add_argument(
         "--unknown_to_ignore",
         action="store_true",
         help="Map mask colours outside the ARAS palette to 255 (ignore) instead of failing.",
@@ -113,6 +118,7 @@ def main():
                 verify_md5=not args.skip_md5,
                 skip_unpaired=args.skip_unpaired,
                 unknown_to_ignore=args.unknown_to_ignore,
+                allow_split_overlap=args.allow_split_overlap,
                 overwrite=args.overwrite,
                 overwrite_any=args.overwrite_any,
                 max_shard_size=args.max_shard_size,

@@ -530,6 +530,23 @@ def test_symlink_loop_is_refused(s2glc_sample, tmp_path):
     assert_fails_cleanly(tmp_path, "a folder already listed through another path", verify_md5=False, md5_list=False)
 
 
+def test_same_stem_in_training_and_validation_is_refused_or_counted(s2glc_sample, tmp_path):
+    train = real_pairs(s2glc_sample, "train", 6)
+    leaked = train[:2]
+    inputs = tmp_path / "inputs"
+    write_split_zip(inputs / "train.zip", train, "ARAS400k/train/")
+    write_split_zip(inputs / "val.zip", real_pairs(s2glc_sample, "val", 3) + leaked, "ARAS400k/val/")
+    write_split_zip(inputs / "synth.zip", train[-1:], "ARAS400k/synth/")  # training splits may share stems
+    write_md5_list(inputs, ["train.zip", "val.zip", "synth.zip"])
+    message = assert_fails_cleanly(tmp_path, "train and validation share 2 stem\\(s\\)")
+    assert all(repr(name) in message for name, _, _ in leaked) and "--allow_split_overlap" in message
+    report = convert_aras400k(inputs, tmp_path / "dataset", allow_split_overlap=True)
+    counts = {split: summary.stems_in_other_splits for split, summary in report.splits.items()}
+    assert counts == {"train": 2, "validation": 2, "synthetic": 0}
+    assert report.splits["validation"].num_examples == 5
+    assert "stems shared between splits" in report.format_table()
+
+
 def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

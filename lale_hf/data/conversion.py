@@ -24,7 +24,14 @@ from .checksums import expected_md5s, verify_checksums
 from .conversion_report import ConversionReport, SplitSummary
 from .dataset_card import render_dataset_card
 from .output_folder import check_output_folder
-from .pair_index import DEFAULT_MAX_MEMBER_SIZE, SplitIndex, find_split_sources, index_split, open_pair_index
+from .pair_index import (
+    DEFAULT_MAX_MEMBER_SIZE,
+    SplitIndex,
+    find_split_sources,
+    index_split,
+    open_pair_index,
+    shared_stems,
+)
 from .shard_workers import ShardTask, run_tasks
 
 
@@ -83,6 +90,7 @@ def convert_aras400k(
     unknown_to_ignore: bool = False,
     overwrite: bool = False,
     overwrite_any: bool = False,
+    allow_split_overlap: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
 ) -> ConversionReport:
@@ -93,7 +101,9 @@ def convert_aras400k(
     Zips are checked against `PUBLISHED_MD5` unless `verify_md5=False`; an `MD5SUMS` or `md5sums.txt` file in
     `input_dir` (`md5sum` format) overrides those sums for the files it lists, as for the generated sample.
     Bad input raises `Aras400kError` naming the file; `skip_unpaired` leaves out unpaired and duplicated stems,
-    `unknown_to_ignore` maps unknown mask colours to 255.
+    `unknown_to_ignore` maps unknown mask colours to 255. A stem in validation or test and in any other split is
+    refused as leakage unless `allow_split_overlap` (then counted per split in the report); train and synthetic may
+    share stems.
 
     `output_dir` may not be, lie inside, or contain `input_dir` or any zip or folder read (`OutputFolderError`).
     `overwrite` replaces an existing `output_dir` only if this function wrote it (it holds `DATASET_MARKER`) or it
@@ -125,6 +135,7 @@ def convert_aras400k(
                 split: index_split(source, database, skip_unpaired, max_member_size)
                 for split, source in sources.items()
             }
+            overlaps = shared_stems(database, indexes, allow=allow_split_overlap)
         shard_counts = _plan_shards(indexes, max_shard_size, num_proc)
         tasks = _shard_tasks(indexes, shard_counts, staging / "data", index_path, unknown_to_ignore)
         results = run_tasks(tasks, num_proc, sum(index.num_pairs for index in indexes.values()))
@@ -133,6 +144,8 @@ def convert_aras400k(
             split: _summarize(index, [r for r in results if r.split == split], shard_counts[split], staging, md5s)
             for split, index in indexes.items()
         }
+        for split, count in overlaps.items():
+            summaries[split].stems_in_other_splits = count
         procedural = (input_dir / SAMPLE_MARKER).is_file()
         (staging / "README.md").write_text(render_dataset_card(summaries, procedural), encoding="utf-8")
         (staging / "id2label.json").write_text(json.dumps(id2label(), indent=2) + "\n", encoding="utf-8")
@@ -176,6 +189,7 @@ def _summarize(index: SplitIndex, results, num_shards: int, staging: Path, md5s:
         skipped_duplicates=index.skipped_duplicates,
         ignored_members=index.ignored_members,
         unknown_pixels=sum(result.unknown_pixels for result in results),
+        stems_in_other_splits=0,
     )
 
 

@@ -21,6 +21,7 @@ class SplitSummary:
     skipped_duplicates: int
     ignored_members: int  # files outside images/ and masks/, hidden files, macOS metadata
     unknown_pixels: int
+    stems_in_other_splits: int = 0  # kept with allow_split_overlap: stems that an evaluation split shares with this one
 
 
 @dataclasses.dataclass
@@ -60,6 +61,9 @@ class ConversionReport:
                 f"{summary.split:<11} {summary.num_examples:>8} {summary.num_shards:>6} "
                 f"{summary.parquet_bytes / 1e6:>10.1f} {skipped:>8} {summary.unknown_pixels:>10}  {summary.source}"
             )
+        shared = {split: s.stems_in_other_splits for split, s in self.splits.items() if s.stems_in_other_splits}
+        if shared:
+            lines.append(f"stems shared between splits (allowed by --allow_split_overlap): {shared}")
         rate = self.num_examples / self.seconds if self.seconds > 0 else float("nan")
         lines.append(f"{self.num_examples} pairs in {self.seconds:.1f} s ({rate:.0f} pairs/s) -> {self.output_dir}")
         return "\n".join(lines)

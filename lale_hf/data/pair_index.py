@@ -16,6 +16,9 @@ from .zip_members import iter_folder_members, iter_zip_members
 
 
 DEFAULT_MAX_MEMBER_SIZE = 64 * 1024**2
+# Models are scored on these splits: a patch in one of them and in any other split leaks into the score. The training
+# splits (train, synthetic) may share stems, e.g. synthetic patches named after the real patch they were made from.
+EVALUATION_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,7 @@ def open_pair_index(path: str | os.PathLike) -> sqlite3.Connection:
             split TEXT, rank INTEGER, stem TEXT, image_name TEXT, image_location BLOB, mask_name TEXT,
             mask_location BLOB, PRIMARY KEY (split, rank)
         );
+        CREATE INDEX IF NOT EXISTS pairs_by_stem ON pairs (stem, split);
         """
     )
     return database
@@ -275,3 +279,42 @@ def index_split(
         skipped_duplicates=duplicated,
         ignored_members=ignored,
     )
+
+
+def shared_stems(database: sqlite3.Connection, splits: Iterable[str], allow: bool = False) -> dict[str, int]:
+    """Finds stems paired in two splits when one of them is an evaluation split (`EVALUATION_SPLITS`): the same
+    patch would be trained on and scored on. Raises `Aras400kError` listing them unless `allow`; returns
+    {split: how many of its stems another split shares}.
+    """
+    splits = list(splits)
+    conflicts = [
+        (first, second)
+        for index, first in enumerate(splits)
+        for second in splits[index + 1 :]
+        if first in EVALUATION_SPLITS or second in EVALUATION_SPLITS
+    ]
+    problems, counts = [], dict.fromkeys(splits, 0)
+    for first, second in conflicts:
+        query = "SELECT a.stem FROM pairs AS a JOIN pairs AS b ON b.stem = a.stem AND b.split = ? WHERE a.split = ?"
+        count = database.execute(f"SELECT COUNT(*) FROM ({query})", (second, first)).fetchone()[0]
+        if not count:
+            continue
+        first_ten = [row[0] for row in database.execute(f"{query} ORDER BY a.stem LIMIT 10", (second, first))]
+        listing = ", ".join(repr(stem) for stem in first_ten) + (f" and {count - 10} more" if count > 10 else "")
+        problems.append(f"{first} and {second} share {count} stem(s): {listing}")
+    if problems and not allow:
+        raise Aras400kError(
+            "The same patch name is in a training and an evaluation split, or in both evaluation splits, so the "
+            "scores would be measured on training data; " + "; ".join(problems) + ". Remove the duplicates, or pass "
+            "--allow_split_overlap to convert anyway (counted in the report)."
+        )
+    for split in splits:
+        others = [second if first == split else first for first, second in conflicts if split in (first, second)]
+        if others:
+            marks = ", ".join("?" * len(others))
+            counts[split] = database.execute(
+                f"SELECT COUNT(DISTINCT stem) FROM pairs WHERE split = ? AND stem IN "
+                f"(SELECT stem FROM pairs WHERE split IN ({marks}))",
+                (split, *others),
+            ).fetchone()[0]
+    return counts
