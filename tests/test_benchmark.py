@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
 from lale_hf.allocator import detect_allocator
 from lale_hf.file_utils import write_atomic
+from lale_hf.inference import relative_error
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,6 @@ from lale_bench import (  # noqa: E402
     run_rounds,
     summarize,
 )
-from lale_bench.paths import relative_error  # noqa: E402
 
 # Tiny settings for the script: correctness, not timing.
 TINY_RUN = (
@@ -375,12 +375,14 @@ def test_run_benchmark_marks_mismatching_and_failing_paths(monkeypatch):
             return lambda x: runner(x) + 1.0  # wrong answers must not be timed
         if path == "compile":
             return lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))
+        if path == "onnxruntime":
+            return lambda x: runner(x)[:, :3]  # logits of the wrong shape are a wrong answer too
         return runner
 
     monkeypatch.setattr(lale_bench.run, "prepare_path", faulty)
     settings = BenchmarkSettings(
         models=("lale-tiny",),
-        paths=("eager", "channels_last", "compile"),
+        paths=("eager", "channels_last", "compile", "onnxruntime"),
         image_size=32,
         inference_batch_sizes=(1,),
         train_batch_size=2,
@@ -391,8 +393,10 @@ def test_run_benchmark_marks_mismatching_and_failing_paths(monkeypatch):
     )
     run = run_benchmark(settings, log=lambda message: None)
     status = {r["path"]: r["status"] for r in run["measurements"] if r["mode"] == "inference"}
-    assert status == {"eager": "ok", "channels_last": "mismatch", "compile": "failed"}
-    assert [("samples" in r) for r in run["measurements"]] == [True, False, False, True]
+    assert status == {"eager": "ok", "channels_last": "mismatch", "compile": "failed", "onnxruntime": "mismatch"}
+    onnxruntime = next(r for r in run["measurements"] if r["path"] == "onnxruntime")
+    assert "Cannot compare logits of shape (1, 3, 8, 8)" in onnxruntime["detail"]
+    assert [("samples" in r) for r in run["measurements"]] == [True, False, False, False, True]
     assert run["environment"]["allocator"] == detect_allocator()
     assert (
         run["models"]["lale-tiny"]["peak_memory_mb"]["fp32/train_b2"] > run["models"]["lale-tiny"]["params"] * 4 / 2**20

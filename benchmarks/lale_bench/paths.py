@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lale_hf.inference import compile_for_inference
+from lale_hf.inference import LogitsOnly, compile_for_inference
 
 
 PATHS = ("eager", "channels_last", "compile", "onnxruntime")
@@ -22,23 +22,6 @@ TOLERANCES = {"fp32": 1e-3, "bf16": 5e-2}
 
 class PathUnavailable(RuntimeError):
     """A deployment path that does not apply to this setting (e.g. ONNX Runtime in bf16)."""
-
-
-class LogitsOnly(nn.Module):
-    """The model as a tensor-to-tensor function: what the compiler, the exporter and a deployment see."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
-def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
-    """Max absolute difference over the largest reference magnitude."""
-    output, reference = output.detach().float().cpu(), reference.detach().float().cpu()
-    return ((output - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
 
 
 def autocast_context(dtype: str, device: torch.device):
