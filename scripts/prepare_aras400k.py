@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from lale_hf.data import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_SHARD_SIZE,
     SPLIT_SOURCES,
     Aras400kError,
@@ -68,6 +69,13 @@ def parse_args():
     )
     parser.add_argument(
         "--max_shard_size", type=int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
+    )
+    parser.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="Refuse images whose PNG header declares more pixels than this, before decoding them (default "
+        "1024x1024; ARAS400k patches are 256x256).",
     )
     parser.add_argument(
         "--generate_sample",
@@ -122,6 +130,7 @@ def main():
                 overwrite=args.overwrite,
                 overwrite_any=args.overwrite_any,
                 max_shard_size=args.max_shard_size,
+                max_image_pixels=args.max_image_pixels,
             )
     except Aras400kError as error:
         parser.exit(2, f"error: {error}\n")

@@ -379,6 +379,21 @@ def test_image_not_rgb(tmp_path, val_pairs, mode):
     assert f"images/{name}.png" in message
 
 
+def test_oversized_png_is_refused_from_its_header(tmp_path, val_pairs):
+    # 4096x4096 of one palette colour: a few hundred KB of PNG that decodes to 48 MB (an 8000x8000 one, to 192 MB).
+    big = 4096
+    image_png = png_bytes(np.full((big, big, 3), 90, dtype=np.uint8))
+    mask_png = png_bytes(np.broadcast_to(np.asarray(ARAS400K_PALETTE[2], dtype=np.uint8), (big, big, 3)).copy())
+    assert len(image_png) + len(mask_png) < 1_000_000
+    pairs = [("huge", image_png, mask_png), *val_pairs[1:]]
+    message = assert_fails_cleanly(
+        tmp_path, f"declares {big}x{big} pixels, more than the limit of 1048576", pair_members(pairs)
+    )
+    assert "val.zip:ARAS400k/val/images/huge.png" in message and "--max_image_pixels" in message
+    report = convert_aras400k(tmp_path / "inputs", tmp_path / "dataset", max_image_pixels=big * big)
+    assert report.splits["validation"].num_examples == 3
+
+
 def test_empty_split(tmp_path, val_pairs):
     members = pair_members(val_pairs) + [("ARAS400k/test/images/", b""), ("ARAS400k/test/masks/", b"")]
     inputs = tmp_path / "inputs"

@@ -39,6 +39,7 @@ _LAZY_NAMES = {
     "read_md5_list": ".checksums",
     "write_md5_list": ".checksums",
     "write_split_zip": ".zip_members",
+    "DEFAULT_MAX_IMAGE_PIXELS": ".patch_png",
     "check_png_image": ".patch_png",
     "mask_bytes_to_label_png": ".patch_png",
     "find_split_sources": ".pair_index",

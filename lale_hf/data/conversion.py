@@ -32,6 +32,7 @@ from .pair_index import (
     open_pair_index,
     shared_stems,
 )
+from .patch_png import DEFAULT_MAX_IMAGE_PIXELS
 from .shard_workers import ShardTask, run_tasks
 
 
@@ -55,7 +56,9 @@ def _plan_shards(indexes: dict[str, SplitIndex], max_shard_size: int, num_proc: 
     return counts
 
 
-def _shard_tasks(indexes, shard_counts, data_dir: Path, index_path: Path, unknown_to_ignore: bool) -> list[ShardTask]:
+def _shard_tasks(
+    indexes, shard_counts, data_dir: Path, index_path: Path, unknown_to_ignore: bool, max_image_pixels: int
+) -> list[ShardTask]:
     schema = dataset_features().arrow_schema
     tasks = []
     for split, index in indexes.items():
@@ -73,6 +76,7 @@ def _shard_tasks(indexes, shard_counts, data_dir: Path, index_path: Path, unknow
                     stop=bounds[shard + 1],
                     schema=schema,
                     unknown_to_ignore=unknown_to_ignore,
+                    max_image_pixels=max_image_pixels,
                 )
             )
     # Largest first, so that the last shard to finish is a small one.
@@ -93,6 +97,7 @@ def convert_aras400k(
     allow_split_overlap: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ConversionReport:
     """Converts the ARAS400k zips (or extracted split folders) in `input_dir` into a `datasets` folder.
 
@@ -103,7 +108,8 @@ def convert_aras400k(
     Bad input raises `Aras400kError` naming the file; `skip_unpaired` leaves out unpaired and duplicated stems,
     `unknown_to_ignore` maps unknown mask colours to 255. A stem in validation or test and in any other split is
     refused as leakage unless `allow_split_overlap` (then counted per split in the report); train and synthetic may
-    share stems.
+    share stems. An image declaring more than `max_image_pixels` pixels in its PNG header (default 1024x1024;
+    ARAS400k patches are 256x256) is refused before it is decoded.
 
     `output_dir` may not be, lie inside, or contain `input_dir` or any zip or folder read (`OutputFolderError`).
     `overwrite` replaces an existing `output_dir` only if this function wrote it (it holds `DATASET_MARKER`) or it
@@ -113,6 +119,8 @@ def convert_aras400k(
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if num_proc < 1:
         raise Aras400kError(f"--num_proc must be at least 1, got {num_proc}.")
+    if max_image_pixels < 1:
+        raise Aras400kError(f"--max_image_pixels must be at least 1, got {max_image_pixels}.")
     sources = find_split_sources(input_dir, splits)
     check_output_folder(
         output_dir,
@@ -137,7 +145,7 @@ def convert_aras400k(
             }
             overlaps = shared_stems(database, indexes, allow=allow_split_overlap)
         shard_counts = _plan_shards(indexes, max_shard_size, num_proc)
-        tasks = _shard_tasks(indexes, shard_counts, staging / "data", index_path, unknown_to_ignore)
+        tasks = _shard_tasks(indexes, shard_counts, staging / "data", index_path, unknown_to_ignore, max_image_pixels)
         results = run_tasks(tasks, num_proc, sum(index.num_pairs for index in indexes.values()))
         index_path.unlink()
         summaries = {

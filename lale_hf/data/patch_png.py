@@ -13,19 +13,29 @@ from .aras400k_format import IGNORE_INDEX, Aras400kError
 
 
 LABEL_PNG_COMPRESS_LEVEL = 1  # label maps compress well at any level; level 1 is 2x faster than the default 6
+# ARAS400k patches are 256x256. A PNG declaring more pixels than this is refused from its header, before anything is
+# decoded: a few hundred KB of PNG can otherwise inflate to gigabytes per worker (a decompression bomb).
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 
 
-def check_png_image(data: bytes, source: str) -> tuple[int, int]:
-    """Checks that `data` is a complete 8-bit RGB PNG (signature, IHDR, chunk CRCs, IEND); returns (width, height).
+def check_png_image(data: bytes, source: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Checks that `data` is a complete 8-bit RGB PNG (signature, IHDR, chunk CRCs, IEND) of at most
+    `max_image_pixels` pixels; returns (width, height).
 
-    Chunk CRC-32s cover the compressed pixels, so this catches truncation and corruption without decoding.
+    The size comes from the IHDR header, and chunk CRC-32s cover the compressed pixels, so this catches oversized,
+    truncated and corrupt files without decoding them.
     """
     if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 33:
         raise Aras400kError(f"{source} is not a PNG file (no PNG signature and IHDR header).")
     width, height, bit_depth, color_type = struct.unpack_from(">IIBB", data, 16)
+    if width * height > max_image_pixels:
+        raise Aras400kError(
+            f"{source} declares {width}x{height} pixels, more than the limit of {max_image_pixels} (ARAS400k patches "
+            "are 256x256); refused before decoding. Pass a larger --max_image_pixels to convert bigger patches."
+        )
     if color_type != 2 or bit_depth != 8:
         kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
         raise Aras400kError(

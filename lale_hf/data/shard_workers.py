@@ -33,6 +33,7 @@ class ShardTask:
     stop: int
     schema: pa.Schema
     unknown_to_ignore: bool
+    max_image_pixels: int
 
 
 @dataclasses.dataclass
@@ -104,7 +105,7 @@ def convert_shard(task: ShardTask) -> ShardResult:
         for stem, image_path, image_location, mask_path, mask_location in pairs:
             image_source, mask_source = f"{source.label}:{image_path}", f"{source.label}:{mask_path}"
             image_bytes = reader.read(image_path, image_location)
-            size = check_png_image(image_bytes, image_source)
+            size = check_png_image(image_bytes, image_source, task.max_image_pixels)
             label_bytes, unknown = mask_bytes_to_label_png(
                 reader.read(mask_path, mask_location), size, mask_source, task.unknown_to_ignore
             )
