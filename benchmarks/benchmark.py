@@ -42,7 +42,6 @@ from lale_bench import (
     run_lockstep,
     silence_third_party_noise,
 )
-from transformers.utils import logging as transformers_logging
 
 from lale_hf.allocator import allocator_env, detect_allocator
 from lale_hf.file_utils import write_atomic
@@ -195,7 +194,6 @@ def run_both_allocators(args) -> list[dict]:
 def main():
     silence_third_party_noise()
     args = parse_args()
-    transformers_logging.disable_progress_bar()  # save_pretrained's shard bar, once per model
     started = time.perf_counter()
     command = shlex.join(["python", "benchmarks/benchmark.py", *sys.argv[1:]])
 

@@ -3,9 +3,13 @@
 import logging
 import warnings
 
+from transformers.utils import logging as transformers_logging
+
 
 def silence_third_party_noise():
-    """Filters, by logger and message, the notices torch prints on every export or copy of a model."""
+    """Filters, by logger and message, the notices torch prints on every export or copy of a model, and turns off
+    transformers' progress bars (`save_pretrained` draws one per model saved)."""
+    transformers_logging.disable_progress_bar()
     # torch's ONNX exporter logs one warning per torchvision operator it skips when torchvision is absent (it is not
     # a dependency of this project), four lines for every export.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
