@@ -25,7 +25,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
-from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation
+from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, hub_utils
 from lale_hf.file_utils import replace_folder, write_atomic
 from lale_hf.model_card import build_model_card
 from lale_hf.preprocessing import preprocessing_from_processor
@@ -59,6 +59,9 @@ logger = get_logger(__name__)
 
 # A time-budgeted run skips this many steps (allocator and kernel warm-up) before timing its speed.
 BUDGET_UNTIMED_STEPS = 5
+# Hub pushes: attempts, and the first wait between them (doubled each time).
+PUSH_ATTEMPTS = 3
+PUSH_BACKOFF_SECONDS = 2.0
 # How far past its budget a planned run may go (the machine slowed down) before it stops anyway.
 BUDGET_OVERRUN = 1.25
 
@@ -165,9 +168,16 @@ def parse_args(argv=None):
 
     run = parser.add_argument_group("evaluation, checkpoints, output")
     run.add_argument("--eval_steps", type=positive_int, help="Evaluate every N optimizer steps (default: every epoch).")
+    run.add_argument("--eval_from_step", type=non_negative_int, default=0,
+                     help="With --eval_steps: evaluate only from this step on (the end of a run is what matters).")
+    run.add_argument("--eval_image_size", type=positive_int,
+                     help="Evaluate on patches of this size (default --image_size), e.g. whole 256 patches after "
+                     "training on 128 crops.")
     run.add_argument("--checkpointing_steps", type=checkpoint_interval, help="'epoch' or a number of optimizer steps.")
     run.add_argument("--checkpoints_total_limit", type=positive_int, help="Keep only the newest N step checkpoints.")
     run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder.")
+    run.add_argument("--allow_inexact_resume", action="store_true",
+                     help="Resume although the checkpoint lacks a process's RNG state (the run will not reproduce).")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard")
@@ -299,7 +309,7 @@ def train(args):
             num_labels=num_labels,
         )
     eval_dataset = SegmentationDataset(
-        eval_split, args.image_size, preprocessing=preprocessing, num_labels=num_labels,
+        eval_split, args.eval_image_size or args.image_size, preprocessing=preprocessing, num_labels=num_labels,
         split_name=args.validation_split,
     )
     # Own generators: creating a loader iterator must not draw from the global RNG that dropout and drop-path use,
@@ -359,6 +369,10 @@ def train(args):
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        # A killed run leaves the checkpoint it was writing as a hidden partial folder: never reuse or publish it.
+        for stale in output_dir.glob(".partial_step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
     if args.resume_from_checkpoint:
         checkpoint = (
             (list_checkpoints(output_dir) or [None])[-1] if args.resume_from_checkpoint == "latest"
@@ -367,6 +381,17 @@ def train(args):
         if checkpoint is None or not checkpoint.is_dir():
             raise TrainingError(f"no checkpoint to resume from ({args.resume_from_checkpoint!r} in {output_dir})")
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
+        # accelerate only logs a missing RNG state and goes on; the run would then silently differ.
+        missing_rng = not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file()
+        if missing_rng and not args.allow_inexact_resume:
+            raise TrainingError(
+                f"{checkpoint} lacks random_states_{accelerator.process_index}.pkl, so process "
+                f"{accelerator.process_index} cannot resume exactly (a checkpoint of another number of processes?); "
+                "pass --allow_inexact_resume to resume anyway"
+            )
+        if missing_rng:
+            logger.warning(f"Resuming from {checkpoint} without its RNG state: the run will not reproduce exactly",
+                           main_process_only=False)
         accelerator.load_state(str(checkpoint))
         state = TrainingState.load(checkpoint)
         max_train_steps = schedule.planned_steps
@@ -377,6 +402,9 @@ def train(args):
         accelerator.wait_for_everyone()
         final = output_dir / f"step_{state.completed_steps}"
         partial = output_dir / f".partial_step_{state.completed_steps}"
+        if accelerator.is_main_process and partial.exists():
+            shutil.rmtree(partial)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
         if accelerator.is_main_process:
             state.save(partial)
@@ -411,7 +439,12 @@ def train(args):
             if args.push_to_hub and args.push_checkpoints:
                 save_model(output_dir / ".push", results)
                 if accelerator.is_main_process:
-                    push_folder(args, output_dir / ".push", f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}")
+                    message = f"step {state.completed_steps}: macro F1 {results['eval_macro_f1']:.4f}"
+                    # Best effort: a Hub outage must not end a training run; the final push reports its failure.
+                    try:
+                        push_folder(args, output_dir / ".push", message)
+                    except Exception as error:  # noqa: BLE001 (any client or network error)
+                        logger.warning(f"Checkpoint push at step {state.completed_steps} failed after retries: {error}")
         finally:
             if ema is not None:
                 ema.swap(accelerator.unwrap_model(model))
@@ -434,7 +467,10 @@ def train(args):
             state.train_seconds, args.max_train_minutes * 60,
         )
         estimates = accelerator.gather(torch.tensor([estimate], device=accelerator.device))
-        return max(state.completed_steps, int(estimates.min().item()))
+        planned = max(state.completed_steps, int(estimates.min().item()))
+        logger.info(f"Planned steps of the time budget: {planned} (this process estimated {estimate})",
+                    main_process_only=False)
+        return planned
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     num_examples = "streamed" if args.streaming else len(train_dataset)
@@ -448,6 +484,7 @@ def train(args):
         disable=not accelerator.is_local_main_process,
     )
     stop_reason = "epochs"
+    push_error = None
     step_clock = time.monotonic()
     for epoch in range(state.epoch, num_train_epochs):
         model.train()
@@ -510,7 +547,8 @@ def train(args):
                     progress_bar.close()
                     progress_bar = tqdm(total=max_train_steps, initial=state.completed_steps, unit="step",
                                         disable=not accelerator.is_local_main_process)
-            if args.eval_steps and state.completed_steps % args.eval_steps == 0:
+            if (args.eval_steps and state.completed_steps % args.eval_steps == 0
+                    and state.completed_steps >= args.eval_from_step):
                 run_evaluation()
                 model.train()
             if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
@@ -562,8 +600,12 @@ def train(args):
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.swap(unwrapped)  # the average is the final model
-        unwrapped.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
+        # Written to a staging folder, then each file renamed into place: never a half-written model.safetensors.
+        staging = output_dir / ".final.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        publish_files(staging, output_dir)
         card = build_model_card(
             results=results, args=tracked_hyperparameters(vars(args)), config=unwrapped.config,
             num_parameters=unwrapped.num_parameters(), num_processes=accelerator.num_processes,
@@ -571,25 +613,48 @@ def train(args):
         )
         card.save(output_dir / "README.md")
         write_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))
-        if args.push_to_hub:
-            push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
         accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")
+        if args.push_to_hub:
+            try:
+                push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
+            except Exception as error:  # noqa: BLE001 (any client or network error)
+                push_error = error
     accelerator.wait_for_everyone()
     # Closes the trackers and the process group: a rank exiting with gloo's threads alive can abort
     # ("terminate called without an active exception").
     accelerator.end_training()
+    if push_error is not None:
+        raise TrainingError(
+            f"everything is saved in {output_dir}, but the push to {args.hub_model_id} failed after retries: "
+            f"{push_error}. Push the folder later with `hf upload {args.hub_model_id} {output_dir}`."
+        )
 
 
-def push_folder(args, folder, message):
-    from huggingface_hub import HfApi
+def publish_files(staging: Path, folder: Path):
+    """Moves every file of `staging` into `folder` (readable by all, as other outputs), then removes `staging`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in staging.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+        os.replace(path, folder / path.name)
+    staging.rmdir()
 
-    # token=None takes HF_TOKEN or the cached login.
-    api = HfApi(token=args.hub_token)
-    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-    api.upload_folder(
-        repo_id=args.hub_model_id, folder_path=folder, commit_message=message,
-        allow_patterns=push_allow_patterns(folder),
-    )
+
+def push_folder(args, folder, message, attempts: int = PUSH_ATTEMPTS):
+    """Pushes the allow-listed files of a training folder, retrying with backoff; raises the last error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            # token=None takes HF_TOKEN or the cached login.
+            return hub_utils.push_folder(
+                folder, args.hub_model_id, "model", message, token=args.hub_token, private=args.hub_private_repo,
+                allow_patterns=push_allow_patterns(folder),
+            )
+        except Exception as error:  # noqa: BLE001 (any client or network error is retried)
+            if attempt == attempts:
+                raise
+            delay = PUSH_BACKOFF_SECONDS * 2 ** (attempt - 1)
+            logger.warning(f"Push of {folder} failed ({error}); attempt {attempt + 1} of {attempts} in {delay:g} s")
+            time.sleep(delay)
 
 
 if __name__ == "__main__":
