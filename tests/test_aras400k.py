@@ -1,6 +1,7 @@
 """The ARAS400k converter on ARAS-format zips rebuilt from the real Sentinel-2 sample: round trips through
 `load_dataset` (normal and streaming) compared byte- and pixel-exact with the sources, and one test per bad input."""
 
+import contextlib
 import hashlib
 import io
 import json
@@ -9,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -414,6 +416,68 @@ def test_killed_worker_is_an_error_not_a_hang(s2glc_sample, tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="died with exit code -9"):
         convert_aras400k(zips, tmp_path / "out" / "dataset", num_proc=2)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+SLOW_SHARDS = """
+import os, sys, time
+from pathlib import Path
+from lale_hf.data import convert_aras400k, shard_workers
+
+convert_shard = shard_workers.convert_shard
+
+def slow_shard(task):  # a long shard: the worker is mid-conversion when its parent is killed
+    (Path(sys.argv[3]) / str(os.getpid())).write_text("")
+    time.sleep(120)
+    return convert_shard(task)
+
+shard_workers.convert_shard = slow_shard
+convert_aras400k(sys.argv[1], sys.argv[2], num_proc=2)
+"""
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, waiting for an init that may not reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see which workers are alive")
+def test_workers_die_with_a_killed_parent_and_the_next_run_sweeps_its_staging(s2glc_sample, tmp_path):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    output, started = tmp_path / "out" / "dataset", tmp_path / "started"
+    started.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SHARDS, str(zips), str(output), str(started)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2:
+            assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+            workers = [int(path.name) for path in started.iterdir()]
+        staging = [path for path in output.parent.iterdir() if path.name.startswith(".dataset.tmp-")]
+        assert len(staging) == 2 and any(path.is_dir() for path in staging)  # the folder and its lock file
+        parent.kill()  # SIGKILL: no cleanup runs in the parent
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 5  # grace period
+        while not all(process_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in workers if not process_gone(pid)] == [], "workers outlived their parent"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.stderr.close()
+    assert all(path.exists() for path in staging)  # the killed run's leftovers
+    convert_aras400k(zips, output, splits=["validation"])
+    assert sorted(path.name for path in output.parent.iterdir()) == ["dataset"]  # swept by the next run
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

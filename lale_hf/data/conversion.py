@@ -9,9 +9,7 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from .aras400k_format import DATASET_MARKER, SAMPLE_MARKER, Aras400kError, datas
 from .checksums import expected_md5s, verify_checksums
 from .conversion_report import ConversionReport, SplitSummary
 from .dataset_card import render_dataset_card
-from .output_folder import check_output_folder
+from .output_folder import check_output_folder, staging_folder
 from .pair_index import (
     DEFAULT_MAX_MEMBER_SIZE,
     SplitIndex,
@@ -134,9 +132,8 @@ def convert_aras400k(
     md5s = {}
     if verify_md5:
         md5s = verify_checksums([s.path for s in sources.values() if s.kind == "zip"], expected_md5s(input_dir))
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        (staging / "data").mkdir(parents=True)
+    with staging_folder(output_dir) as staging:
+        (staging / "data").mkdir()
         index_path = staging / "pair-index.sqlite"
         with contextlib.closing(open_pair_index(index_path)) as database:
             indexes = {
@@ -160,20 +157,16 @@ def convert_aras400k(
         marker = {"written_by": "lale_hf.data.convert_aras400k", "splits": list(summaries)}
         (staging / DATASET_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         replace_folder(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     cpu = os.times()
+    # Finished worker processes have been joined, so their time is in this process's children's time.
+    workers_cpu = cpu.children_user + cpu.children_system - cpu_start.children_user - cpu_start.children_system
     return ConversionReport(
         output_dir,
         summaries,
         procedural,
         seconds=time.perf_counter() - start,
         cpu_seconds_main=cpu.user + cpu.system - cpu_start.user - cpu_start.system,
-        # Finished worker processes have been joined, so their time is in this process's children's time.
-        cpu_seconds_workers=cpu.children_user
-        + cpu.children_system
-        - cpu_start.children_user
-        - cpu_start.children_system,
+        cpu_seconds_workers=workers_cpu,
     )
 
 
@@ -229,17 +222,13 @@ def prepare_embedded_sample(
         marker=DATASET_MARKER,
         written_by="lale_hf.data.convert_aras400k",
     )
-    zips = (
-        Path(zips_dir) if keep else output_dir.parent / f".{output_dir.name}.zips-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    )
-    try:
+    with contextlib.ExitStack() as stack:
+        # Kept zips go where asked; otherwise into a staging folder beside the output, removed at the end.
+        zips = Path(zips_dir) if keep else stack.enter_context(staging_folder(output_dir, kind="zips")) / "zips"
         generate_sample(
             zips, seed=seed, sizes=sizes, num_proc=num_proc, overwrite=keep and overwrite, overwrite_any=overwrite_any
         )
         return convert_aras400k(zips, output_dir, num_proc=num_proc, overwrite=overwrite, overwrite_any=overwrite_any)
-    finally:
-        if not keep:
-            shutil.rmtree(zips, ignore_errors=True)
 
 
 def push_dataset_to_hub(

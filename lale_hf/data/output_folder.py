@@ -1,9 +1,20 @@
 """Where a converter or generator may write: never over or inside its inputs, and `overwrite` replaces only a folder
-this package wrote (it holds a marker file) unless `overwrite_any` says otherwise."""
+this package wrote (it holds a marker file) unless `overwrite_any` says otherwise; and the hidden staging folder a
+run writes to, swept at the next run if the run was killed."""
 
+import contextlib
 import os
-from collections.abc import Iterable
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from .aras400k_format import OutputFolderError
 
@@ -59,3 +70,76 @@ def check_output_folder(
         "--overwrite replaces only those. Pass --overwrite_any as well to replace it anyway, or choose another "
         "--output_dir."
     )
+
+
+# Staging: a run writes to a hidden sibling of its output and renames it at the end. A lock file beside the staging
+# folder, held for the whole run, tells a live run's staging from the leftovers of a killed one.
+
+
+def _staging_pattern(destination: Path) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(destination.name)}\.(tmp|zips)-\d+-[0-9a-f]{{8}}(\.lock)?$")
+
+
+def _lock(path: Path, blocking: bool):
+    """An open handle on `path` holding an exclusive lock on it, or None when another process holds it."""
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def sweep_stale_staging(destination: Path) -> list[Path]:
+    """Removes the staging folders (and their lock files) that killed runs left beside `destination`; returns them.
+
+    A staging folder whose lock no live process holds is stale; so is one without a lock file (each run creates
+    its lock first and removes it last). Staging of a run still going, in any process, is left alone.
+    """
+    if fcntl is None or not destination.parent.is_dir():
+        return []  # without flock a live run cannot be told from a dead one
+    pattern, removed = _staging_pattern(destination), []
+    for entry in sorted(destination.parent.iterdir()):
+        if not pattern.match(entry.name) or entry.name.endswith(".lock"):
+            continue
+        lock_path = entry.with_name(entry.name + ".lock")
+        handle = _lock(lock_path, blocking=False) if lock_path.exists() else None
+        if lock_path.exists() and handle is None:
+            continue  # held: a live run
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            removed.append(entry)
+        finally:
+            if handle is not None:
+                handle.close()
+    # Lock files of runs killed before they made their folder.
+    for entry in sorted(destination.parent.iterdir()):
+        if pattern.match(entry.name) and entry.name.endswith(".lock") and not entry.with_suffix("").exists():
+            handle = _lock(entry, blocking=False)
+            if handle is not None:
+                entry.unlink(missing_ok=True)
+                handle.close()
+    return removed
+
+
+@contextlib.contextmanager
+def staging_folder(destination: Path, kind: str = "tmp") -> Iterator[Path]:
+    """Creates the hidden staging folder `.{name}.{kind}-{pid}-{random}` beside `destination` and yields it; holds
+    its lock while the block runs, and removes whatever is left of it afterwards. Sweeps stale staging of killed
+    runs first."""
+    destination = Path(destination)
+    sweep_stale_staging(destination)
+    staging = destination.parent / f".{destination.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lock_path = staging.with_name(staging.name + ".lock")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(lock_path, blocking=True) if fcntl is not None else None
+    try:
+        staging.mkdir()
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        lock_path.unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()

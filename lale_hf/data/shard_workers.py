@@ -2,6 +2,7 @@
 progress bar in the parent and no hang when a worker dies."""
 
 import dataclasses
+import os
 import queue
 import sqlite3
 import traceback
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from .aras400k_format import Aras400kError, parse_patch_name
 from .pair_index import SplitSource
 from .patch_png import check_png_image, mask_bytes_to_label_png
-from .worker_processes import process_context
+from .worker_processes import die_with_parent, parent_alive, process_context
 from .zip_members import FolderMemberReader, ZipMemberReader
 
 
@@ -60,16 +61,28 @@ def _report_progress(count: int):
         _progress_callback(count)
 
 
-def _worker_loop(task_queue, result_queue, counter):
-    """Worker process: converts shards from `task_queue` until a None arrives; the first failure ends it."""
+def _worker_loop(task_queue, result_queue, counter, parent_pid: int):
+    """Worker process: converts shards from `task_queue` until a None arrives; the first failure ends it, and so
+    does the death of the parent (killed by the kernel on Linux, else found at the next row group or queue poll)."""
+    die_with_parent(parent_pid)
 
     def add(count: int):
+        if not parent_alive(parent_pid):
+            os._exit(1)
         with counter.get_lock():
             counter.value += count
 
     global _progress_callback
     _progress_callback = add
-    while (task := task_queue.get()) is not None:
+    while True:
+        try:
+            task = task_queue.get(timeout=1.0)
+        except queue.Empty:
+            if not parent_alive(parent_pid):
+                return
+            continue
+        if task is None:
+            return
         try:
             result_queue.put(convert_shard(task))
         except BaseException as error:
@@ -158,7 +171,7 @@ def run_tasks(tasks: list[ShardTask], num_proc: int, total: int) -> list[ShardRe
     context = process_context()
     counter, task_queue, result_queue = context.Value("q", 0), context.Queue(), context.Queue()
     workers = [
-        context.Process(target=_worker_loop, args=(task_queue, result_queue, counter), daemon=True)
+        context.Process(target=_worker_loop, args=(task_queue, result_queue, counter, os.getpid()), daemon=True)
         for _ in range(min(num_proc, len(tasks)))
     ]
     # Workers start before any queue feeder or tqdm thread exists in this process.

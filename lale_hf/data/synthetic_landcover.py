@@ -14,8 +14,6 @@ seed whatever the number of processes.
 import io
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +25,8 @@ from ..configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE
 from ..file_utils import replace_folder
 from .aras400k_format import SAMPLE_MARKER, SPLIT_SOURCES, Aras400kError
 from .checksums import write_md5_list
-from .output_folder import check_output_folder
-from .worker_processes import process_context
+from .output_folder import check_output_folder, staging_folder
+from .worker_processes import die_with_parent, process_context
 from .zip_members import write_split_zip
 
 
@@ -274,33 +272,31 @@ def generate_sample(
         marker=SAMPLE_MARKER,
         written_by="lale_hf.data.generate_sample",
     )
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    tiles = _split_tiles(seed, sizes)
-    split_codes = {name: code for code, name in enumerate(SPLIT_SOURCES.values())}
-    pool = None
-    try:
-        if num_proc > 1:
-            pool = process_context().Pool(num_proc)
-        with tqdm(total=sum(sizes.values()), unit="patch", desc="Generating sample", dynamic_ncols=True) as bar:
-            for split, count in sizes.items():
-                jobs = [(seed, split_codes[split], i, patch_name(tiles[split], i)) for i in range(count)]
-                write_split_zip(staging / f"{split}.zip", _iter_pairs(jobs, pool, bar), prefix=f"ARAS400k/{split}/")
-        write_md5_list(staging, [f"{split}.zip" for split in sizes])
-        marker = {
-            "generator": "lale_hf.data.synthetic_landcover",
-            "version": GENERATOR_VERSION,
-            "seed": seed,
-            "sizes": sizes,
-            "classes": list(ARAS400K_LABELS),
-            "note": "Procedural stand-in in the ARAS400k format, for plumbing and demos; not satellite data.",
-        }
-        (staging / SAMPLE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        replace_folder(staging, output_dir)
-    finally:
-        if pool is not None:
-            pool.terminate()
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_folder(output_dir) as staging:
+        tiles = _split_tiles(seed, sizes)
+        split_codes = {name: code for code, name in enumerate(SPLIT_SOURCES.values())}
+        pool = None
+        try:
+            if num_proc > 1:
+                pool = process_context().Pool(num_proc, initializer=die_with_parent, initargs=(os.getpid(),))
+            with tqdm(total=sum(sizes.values()), unit="patch", desc="Generating sample", dynamic_ncols=True) as bar:
+                for split, count in sizes.items():
+                    jobs = [(seed, split_codes[split], i, patch_name(tiles[split], i)) for i in range(count)]
+                    write_split_zip(staging / f"{split}.zip", _iter_pairs(jobs, pool, bar), prefix=f"ARAS400k/{split}/")
+            write_md5_list(staging, [f"{split}.zip" for split in sizes])
+            marker = {
+                "generator": "lale_hf.data.synthetic_landcover",
+                "version": GENERATOR_VERSION,
+                "seed": seed,
+                "sizes": sizes,
+                "classes": list(ARAS400K_LABELS),
+                "note": "Procedural stand-in in the ARAS400k format, for plumbing and demos; not satellite data.",
+            }
+            (staging / SAMPLE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            replace_folder(staging, output_dir)
+        finally:
+            if pool is not None:
+                pool.terminate()
     return output_dir
 
 
