@@ -396,6 +396,30 @@ def test_oversized_png_is_refused_from_its_header(tmp_path, val_pairs):
     assert report.splits["validation"].num_examples == 3
 
 
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_non_utf8_file_name_is_refused_by_name(tmp_path, val_pairs, container):
+    inputs = tmp_path / "inputs"
+    name, image_png, mask_png = val_pairs[0]
+    raw = b"caf\xe9_" + name.encode()  # Latin-1 bytes, not UTF-8
+    if container == "folder":
+        for kind, data in (("images", image_png), ("masks", mask_png)):
+            folder = inputs / "val" / kind
+            folder.mkdir(parents=True)
+            Path(os.fsdecode(os.fsencode(folder) + b"/" + raw + b".png")).write_bytes(data)
+    else:
+        inputs.mkdir()
+        placeholder = "caf\u00e9" + name  # as many UTF-8 bytes as `raw`; zipfile flags the names as UTF-8
+        with zipfile.ZipFile(inputs / "val.zip", "w") as archive:
+            for kind, data in (("images", image_png), ("masks", mask_png)):
+                archive.writestr(f"ARAS400k/val/{kind}/{placeholder}.png", data)
+        data = (inputs / "val.zip").read_bytes().replace(placeholder.encode(), raw)
+        (inputs / "val.zip").write_bytes(data)
+    message = assert_fails_cleanly(
+        tmp_path, "file name\\(s\\) in images/ or masks/ are not valid UTF-8", verify_md5=False
+    )
+    assert "2 file name(s)" in message and f"images/caf\\xe9_{name}.png'" in message
+
+
 def test_empty_split(tmp_path, val_pairs):
     members = pair_members(val_pairs) + [("ARAS400k/test/images/", b""), ("ARAS400k/test/masks/", b"")]
     inputs = tmp_path / "inputs"

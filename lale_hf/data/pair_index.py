@@ -100,6 +100,16 @@ def _inside_tree(path: Path, tree: Path) -> Path:
     return path
 
 
+def _valid_utf8(name: str) -> bool:
+    """False for a name holding undecodable bytes (kept by Python as surrogate escapes), which SQLite, Parquet and
+    the Hub cannot store."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unsafe_member_path(name: str) -> bool:
     """Absolute paths, drive letters and `..` components, in either separator."""
     normalized = name.replace("\\", "/")
@@ -177,7 +187,7 @@ def index_split(
     where = source.label
     split = source.split
     prefixes = {"images": set(), "masks": set()}
-    unsafe, not_png, oversized = _Examples(), _Examples(), _Examples()
+    unsafe, not_png, oversized, not_utf8 = _Examples(), _Examples(), _Examples(), _Examples()
     ignored = estimated_bytes = 0
 
     def rows():
@@ -200,7 +210,9 @@ def index_split(
             kind = parts[folder_at]
             if len(prefixes[kind]) < 10:  # more than one is an error already
                 prefixes[kind].add("/".join(parts[:folder_at]))
-            if not parts[-1].lower().endswith(".png"):
+            if not _valid_utf8(name):
+                not_utf8.add(os.fsencode(name))  # shown as bytes: the name has no text form
+            elif not parts[-1].lower().endswith(".png"):
                 not_png.add(name)
             elif size > max_member_size:
                 oversized.add(f"{name} ({size} bytes)")
@@ -213,6 +225,11 @@ def index_split(
         raise Aras400kError(
             f"{where}: {unsafe.count} member path(s) are absolute or contain '..': {unsafe.listing()}. "
             "Refusing a zip that could write outside its folder."
+        )
+    if not_utf8.count:
+        raise Aras400kError(
+            f"{where}: {not_utf8.count} file name(s) in images/ or masks/ are not valid UTF-8: {not_utf8.listing()}. "
+            "Rename them to UTF-8 (e.g. with convmv) and convert again."
         )
     if not_png.count:
         raise Aras400kError(

@@ -74,7 +74,8 @@ def iter_zip_members(zip_path: Path) -> Iterator[tuple[str, int, bytes]]:
             position = start + name_len + extra_len + comment_len
             if position > len(buffer):
                 raise _zip_error(zip_path, "its central directory ends early.")
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+            # Invalid UTF-8 stays as surrogate escapes (as os.scandir gives it), for the index to refuse it by name.
+            name = raw_name.decode("utf-8", "surrogateescape") if flags & 0x800 else raw_name.decode("cp437")
             if 0xFFFFFFFF in (size, csize, offset):
                 size, csize, offset = _apply_zip64_extra(extra, size, csize, offset, zip_path, name)
             if offset + concat + csize > file_size:
