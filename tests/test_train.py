@@ -163,37 +163,68 @@ with open("card.json", "w") as f:
 """
 
 
-def test_resume_after_sigkill_gives_the_same_weights(s2glc_dataset, tmp_path, clean_env):
+def kill_while_writing(command: list[str], env: dict, partial: Path, deadline_s: float = 300) -> bool:
+    """Starts `command` and SIGKILLs its process group as soon as the checkpoint folder `partial` appears.
+
+    Returns whether the kill landed inside the write (the partial folder still exists and was not yet renamed).
+    """
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + deadline_s
+    while not partial.exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return partial.exists()
+
+
+def test_sigkill_inside_a_mid_epoch_checkpoint_write_resumes_exactly(s2glc_dataset, tmp_path, clean_env):
+    """24 samples at batch 4 are 6 steps an epoch; checkpoints every 4 steps land mid-epoch (step 4: epoch 0,
+    batch 4; step 8: epoch 1, batch 2). The run is killed while step 8 is being written, so the resume must ignore
+    the partial folder, start from step 4 in the middle of epoch 0 (skip_first_batches) and end, EMA and cosine
+    schedule included, on exactly the weights of an uninterrupted run."""
+    # One thread: a bit-exact comparison must not depend on how a loaded machine schedules parallel reductions.
+    clean_env = {**clean_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = [
         "--dataset_name", str(s2glc_dataset), "--max_train_samples", "24", "--max_eval_samples", "4",
-        "--max_train_steps", "12", *SMALL_RUN, "--eval_steps", "100", "--num_train_epochs", "3",
+        "--max_train_steps", "14", *SMALL_RUN, "--eval_steps", "100", "--ema_decay", "0.8",
+        "--lr_scheduler_type", "cosine", "--num_warmup_steps", "3",
     ]
     # The uninterrupted run writes no checkpoint (and creates its output folder itself).
     check(launch([*common, "--output_dir", str(tmp_path / "straight")], clean_env))
-    common += ["--checkpointing_steps", "3", "--checkpoints_total_limit", "2"]
+    common += ["--checkpointing_steps", "4", "--checkpoints_total_limit", "2"]
 
-    interrupted = tmp_path / "interrupted"
-    command = [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(REPO_ROOT / "scripts/train.py"), *common, "--output_dir", str(interrupted)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=clean_env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (interrupted / "step_6").is_dir():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    for attempt in range(3):  # the write takes a fraction of a second: a loaded machine can miss it
+        interrupted = tmp_path / f"interrupted-{attempt}"
+        command = [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", str(REPO_ROOT / "scripts/train.py"), *common,
+                   "--output_dir", str(interrupted)]
+        if kill_while_writing(command, clean_env, interrupted / ".partial_step_8"):
+            break
+    else:
+        pytest.fail("three kills all missed the checkpoint write of step 8")
     assert not (interrupted / "model.safetensors").exists()
-    assert [p.name for p in sorted(interrupted.glob("step_*"))][-1] in ("step_6", "step_9")
+    assert not (interrupted / "step_8").exists()
+    from lale_hf.training import TrainingState, list_checkpoints
 
-    check(launch([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"], clean_env))
+    latest = list_checkpoints(interrupted)[-1]
+    assert latest.name == "step_4"
+    position = TrainingState.load(latest)
+    assert (position.epoch, position.batches_in_epoch) == (0, 4)  # the middle of an epoch
+
+    result = check(launch([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"], clean_env))
+    assert "Resumed from checkpoint" in result.stdout + result.stderr and "step_4" in result.stdout + result.stderr
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(interrupted / "model.safetensors")
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    assert len(list(interrupted.glob("step_*"))) == 2  # --checkpoints_total_limit
+    assert sorted(p.name for p in interrupted.glob("step_*")) == ["step_12", "step_8"]  # --checkpoints_total_limit
+    assert not list(interrupted.glob(".partial_step_*"))
+    results = json.loads((interrupted / "all_results.json").read_text())
+    assert results["final_learning_rate"] == 0.0
 
 
 def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lale_tiny_checkpoint, tmp_path, clean_env):
