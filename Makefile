@@ -7,9 +7,21 @@ export HF_HOME := $(CURDIR)/.venv/hf-home
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test demo
+.PHONY: env test demo system-packages lint
 
 env: $(STAMP)
+
+# Debian packages the tests use: tcmalloc (the allocator the README recommends, tested by test_allocator.py).
+SYSTEM_PACKAGES := libgoogle-perftools4
+system-packages:
+	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+		else echo "install the Debian packages $(SYSTEM_PACKAGES) (needs root)" >&2; exit 1; fi; \
+	fi
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # torch is pinned to the local 2.13.0 CPU wheel: a bare `torch` requirement would pull a 5.5 GB CUDA build.
 $(STAMP): requirements/dev.txt pyproject.toml
@@ -20,7 +32,7 @@ $(STAMP): requirements/dev.txt pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
-test: env
+test: env system-packages
 	mkdir -p $(HF_HOME)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
