@@ -290,8 +290,10 @@ def train(args):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The model's own processor: training feeds what it would be fed at prediction, and it is saved with the model.
+    # Sized for whole patches (--eval_image_size) when training on crops: prediction sees patches, not crops.
     processor = training_image_processor(
-        args.model_name_or_path or args.config_name, model.config.model_type, args.image_size, args.trust_remote_code
+        args.model_name_or_path or args.config_name, model.config.model_type,
+        args.eval_image_size or args.image_size, args.trust_remote_code,
     )
     preprocessing = preprocessing_from_processor(processor)
     augmentation = None if args.no_augmentation else OverheadAugmentation(

@@ -86,7 +86,8 @@ def plan_runs(models: list[str], seeds: list[int], modes: list[str], batch_size:
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        for model, seed in itertools.product(models, seeds):
+        # Seed by seed: a comparison stopped early still has every model at the seeds it finished.
+        for seed, model in itertools.product(seeds, models):
             if mode == "equal-compute":
                 steps = max(1, round(budget_seconds * speeds[model] / batch_size))
                 runs.append(TrainingRun(mode, model, seed, steps=steps))
@@ -104,15 +105,16 @@ def train_command(run: TrainingRun, dataset_name: str, output_dir: Path, train_s
     if not (init_dir / "config.json").is_file():
         build_model(run.model, run.seed).save_pretrained(init_dir)
     bound = ["--max_train_steps", str(run.steps)] if run.steps else ["--max_train_minutes", f"{run.minutes:g}"]
-    # About 20 evaluations per run: enough to see the spread of its last five.
+    # Evaluations every 5% of the run over its last 20%: the last five show how settled the end is.
     eval_steps = max(1, (run.steps or 200) // 20)
+    eval_from = max(0, (run.steps or 0) - 4 * eval_steps)
     return [
         *ACCELERATE_LAUNCH, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads), train_script,
         "--model_name_or_path", str(init_dir), "--dataset_name", dataset_name,
         "--output_dir", str(output_dir / run.name), "--seed", str(run.seed),
         "--per_device_train_batch_size", str(batch_size), "--image_size", str(image_size),
-        "--eval_steps", str(eval_steps), *bound, *train_args,
+        "--eval_steps", str(eval_steps), "--eval_from_step", str(eval_from), *bound, *train_args,
     ]
 
 
