@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -648,6 +650,49 @@ def test_same_stem_in_training_and_validation_is_refused_or_counted(s2glc_sample
     assert counts == {"train": 2, "validation": 2, "synthetic": 0}
     assert report.splits["validation"].num_examples == 5
     assert "stems shared between splits" in report.format_table()
+
+
+def run_on_own_mount(mount_point: Path, options: str, command: str) -> subprocess.CompletedProcess:
+    """Runs `command` in a private mount namespace where `mount_point` is a fresh tmpfs (`options`: size=..., ro),
+    as an unprivileged user may through a user namespace; skips where the kernel does not allow that."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to mount a small or read-only tmpfs")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    script = f"mount -t tmpfs -o {options} tmpfs {shlex.quote(str(mount_point))} && {command}"
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_full_disk_is_a_clear_error(s2glc_sample, tmp_path, num_proc):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    disk = tmp_path / "small-disk"  # 512 KB: room for the pair index, not for the shards (about 2.5 MB)
+    command = (
+        f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} "
+        f"{shlex.quote(str(REPO_ROOT / 'scripts' / 'prepare_aras400k.py'))} --input_dir {shlex.quote(str(zips))} "
+        f"--output_dir {shlex.quote(str(disk / 'dataset'))} --num_proc {num_proc}; "
+        f"echo exit=$?; ls -A {shlex.quote(str(disk))}"
+    )
+    done = run_on_own_mount(disk, "size=512k", command)
+    assert done.stdout.strip().splitlines()[-1] == "exit=2", done.stdout + done.stderr[-3000:]  # and nothing left
+    assert "error: Cannot write" in done.stderr and "the disk is full: free some space" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unwritable_output_is_refused_before_any_work(s2glc_sample, tmp_path):
+    zips = build_zips(tmp_path / "zips", s2glc_sample, "ARAS400k/{split}/")
+    (zips / "md5sums.txt").write_text("0123456789abcdef0123456789abcdef  val.zip\n")  # would fail later, if reached
+    read_only = tmp_path / "read-only"
+    command = (
+        f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} "
+        f"{shlex.quote(str(REPO_ROOT / 'scripts' / 'prepare_aras400k.py'))} --input_dir {shlex.quote(str(zips))} "
+        f"--output_dir {shlex.quote(str(read_only / 'dataset'))}; echo exit=$?"
+    )
+    done = run_on_own_mount(read_only, "ro", command)
+    assert done.stdout.strip().splitlines()[-1] == "exit=2", done.stdout + done.stderr[-3000:]
+    assert f"error: Cannot write {read_only}/.dataset.tmp-" in done.stderr, done.stderr
+    assert "Read-only file system; the folder is not writable: choose a writable --output_dir" in done.stderr
+    assert "MD5" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):

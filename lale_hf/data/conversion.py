@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from .aras400k_format import DATASET_MARKER, SAMPLE_MARKER, Aras400kError, datas
 from .checksums import expected_md5s, verify_checksums
 from .conversion_report import ConversionReport, SplitSummary
 from .dataset_card import render_dataset_card
-from .output_folder import check_output_folder, staging_folder
+from .output_folder import check_output_folder, staging_folder, write_error
 from .pair_index import (
     DEFAULT_MAX_MEMBER_SIZE,
     SplitIndex,
@@ -129,18 +130,22 @@ def convert_aras400k(
         written_by="lale_hf.data.convert_aras400k",
     )
 
-    md5s = {}
-    if verify_md5:
-        md5s = verify_checksums([s.path for s in sources.values() if s.kind == "zip"], expected_md5s(input_dir))
+    # The staging folder comes first: an unwritable output fails now, not after hours of checksums.
     with staging_folder(output_dir) as staging:
+        md5s = {}
+        if verify_md5:
+            md5s = verify_checksums([s.path for s in sources.values() if s.kind == "zip"], expected_md5s(input_dir))
         (staging / "data").mkdir()
         index_path = staging / "pair-index.sqlite"
-        with contextlib.closing(open_pair_index(index_path)) as database:
-            indexes = {
-                split: index_split(source, database, skip_unpaired, max_member_size)
-                for split, source in sources.items()
-            }
-            overlaps = shared_stems(database, indexes, allow=allow_split_overlap)
+        try:
+            with contextlib.closing(open_pair_index(index_path)) as database:
+                indexes = {
+                    split: index_split(source, database, skip_unpaired, max_member_size)
+                    for split, source in sources.items()
+                }
+                overlaps = shared_stems(database, indexes, allow=allow_split_overlap)
+        except sqlite3.OperationalError as error:  # "database or disk is full", ...: the index is a staging file
+            raise write_error(OSError(None, str(error)), index_path) from None
         shard_counts = _plan_shards(indexes, max_shard_size, num_proc)
         tasks = _shard_tasks(indexes, shard_counts, staging / "data", index_path, unknown_to_ignore, max_image_pixels)
         results = run_tasks(tasks, num_proc, sum(index.num_pairs for index in indexes.values()))
@@ -152,11 +157,14 @@ def convert_aras400k(
         for split, count in overlaps.items():
             summaries[split].stems_in_other_splits = count
         procedural = (input_dir / SAMPLE_MARKER).is_file()
-        (staging / "README.md").write_text(render_dataset_card(summaries, procedural), encoding="utf-8")
-        (staging / "id2label.json").write_text(json.dumps(id2label(), indent=2) + "\n", encoding="utf-8")
         marker = {"written_by": "lale_hf.data.convert_aras400k", "splits": list(summaries)}
-        (staging / DATASET_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        replace_folder(staging, output_dir)
+        try:
+            (staging / "README.md").write_text(render_dataset_card(summaries, procedural), encoding="utf-8")
+            (staging / "id2label.json").write_text(json.dumps(id2label(), indent=2) + "\n", encoding="utf-8")
+            (staging / DATASET_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            replace_folder(staging, output_dir)
+        except OSError as error:
+            raise write_error(error, output_dir) from None
     cpu = os.times()
     # Finished worker processes have been joined, so their time is in this process's children's time.
     workers_cpu = cpu.children_user + cpu.children_system - cpu_start.children_user - cpu_start.children_system

@@ -3,6 +3,7 @@ this package wrote (it holds a marker file) unless `overwrite_any` says otherwis
 run writes to, swept at the next run if the run was killed."""
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -72,6 +73,18 @@ def check_output_folder(
     )
 
 
+def write_error(error: OSError, path: Path) -> OutputFolderError:
+    """The error to report when writing `path` failed: what happened and what to do, instead of a traceback."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) or "disk is full" in str(error):
+        advice = "the disk is full: free some space, or choose an --output_dir on another disk"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "the folder is not writable: choose a writable --output_dir"
+    else:
+        advice = "check the disk, or choose another --output_dir"
+    return OutputFolderError(f"Cannot write {path}: {reason}; {advice}. The output folder was left as it was.")
+
+
 # Staging: a run writes to a hidden sibling of its output and renames it at the end. A lock file beside the staging
 # folder, held for the whole run, tells a live run's staging from the leftovers of a killed one.
 
@@ -128,18 +141,24 @@ def sweep_stale_staging(destination: Path) -> list[Path]:
 def staging_folder(destination: Path, kind: str = "tmp") -> Iterator[Path]:
     """Creates the hidden staging folder `.{name}.{kind}-{pid}-{random}` beside `destination` and yields it; holds
     its lock while the block runs, and removes whatever is left of it afterwards. Sweeps stale staging of killed
-    runs first."""
+    runs first. An unwritable location is an `OutputFolderError` at once."""
     destination = Path(destination)
-    sweep_stale_staging(destination)
     staging = destination.parent / f".{destination.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lock_path = staging.with_name(staging.name + ".lock")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    lock = _lock(lock_path, blocking=True) if fcntl is not None else None
+    lock = None
     try:
-        staging.mkdir()
+        # Creating these is the up-front check that the output can be written, before any long work.
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_staging(destination)
+            lock = _lock(lock_path, blocking=True) if fcntl is not None else None
+            staging.mkdir()
+        except OSError as error:
+            raise write_error(error, staging) from None
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        lock_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a read-only folder, where it was never created
+            lock_path.unlink(missing_ok=True)
         if lock is not None:
             lock.close()

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .aras400k_format import Aras400kError, parse_patch_name
+from .output_folder import write_error
 from .pair_index import SplitSource
 from .patch_png import check_png_image, mask_bytes_to_label_png
 from .worker_processes import die_with_parent, parent_alive, process_context
@@ -48,7 +49,7 @@ class ShardResult:
 
 @dataclasses.dataclass
 class _ShardFailure:
-    bad_input: bool  # an Aras400kError (bad input) rather than a bug or a system error
+    error_class: type[Exception]  # Aras400kError (bad input), OutputFolderError, or RuntimeError for anything else
     detail: str
 
 
@@ -87,13 +88,23 @@ def _worker_loop(task_queue, result_queue, counter, parent_pid: int):
             result_queue.put(convert_shard(task))
         except BaseException as error:
             # Sent as text: not every exception pickles, and the message is what the user needs.
-            detail = str(error) if isinstance(error, Aras400kError) else traceback.format_exc()
-            result_queue.put(_ShardFailure(isinstance(error, Aras400kError), detail))
+            if isinstance(error, Aras400kError):
+                result_queue.put(_ShardFailure(type(error), str(error)))
+            else:
+                result_queue.put(_ShardFailure(RuntimeError, traceback.format_exc()))
             return
 
 
 def convert_shard(task: ShardTask) -> ShardResult:
-    """Converts one shard's pairs into one Parquet file, a row group at a time."""
+    """Converts one shard's pairs into one Parquet file, a row group at a time. A failed write (full disk, ...) is
+    an `OutputFolderError`; unreadable inputs are an `Aras400kError` naming the file."""
+    try:
+        return _convert_shard(task)
+    except OSError as error:  # reads raise Aras400kError, so this came from writing the shard
+        raise write_error(error, task.shard_path) from None
+
+
+def _convert_shard(task: ShardTask) -> ShardResult:
     source = task.source
     reader = ZipMemberReader(source.path) if source.kind == "zip" else FolderMemberReader(source.path, source.tree)
     columns = {name: [] for name in task.schema.names}
@@ -196,7 +207,7 @@ def run_tasks(tasks: list[ShardTask], num_proc: int, total: int) -> list[ShardRe
                         ) from None
                 else:
                     if isinstance(outcome, _ShardFailure):
-                        raise (Aras400kError if outcome.bad_input else RuntimeError)(outcome.detail)
+                        raise outcome.error_class(outcome.detail)
                     results.append(outcome)
                 progress.update(counter.value - progress.n)
     finally:

@@ -25,6 +25,11 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _ZIP_LOCATION = struct.Struct("<QQQLHH")
 
 
+def read_error(error: OSError, source) -> Aras400kError:
+    """An input that cannot be read (permissions, I/O error): named, as bad input rather than a traceback."""
+    return Aras400kError(f"Cannot read {source}: {error.strerror or error}.")
+
+
 def _zip_error(zip_path, message: str) -> Aras400kError:
     return Aras400kError(f"{zip_path}: {message} The zip is corrupt or truncated; download it again.")
 
@@ -106,20 +111,26 @@ class ZipMemberReader:
 
     def __init__(self, zip_path: Path):
         self.zip_path = zip_path
-        self.handle = open(zip_path, "rb")
+        try:
+            self.handle = open(zip_path, "rb")
+        except OSError as error:
+            raise read_error(error, zip_path) from None
 
     def read(self, name: str, location: bytes) -> bytes:
         offset, csize, size, crc, method, flags = _ZIP_LOCATION.unpack(location)
         where = f"{self.zip_path.name}:{name}"
         if flags & 0x1:
             raise Aras400kError(f"{where} is encrypted; ARAS400k zips are not.")
-        self.handle.seek(offset)
-        header = self.handle.read(_LOCAL_HEADER.size)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-            raise _zip_error(self.zip_path, f"member {name!r} has no local header at offset {offset}.")
-        name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
-        self.handle.seek(offset + _LOCAL_HEADER.size + name_len + extra_len)
-        data = self.handle.read(csize)
+        try:
+            self.handle.seek(offset)
+            header = self.handle.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+                raise _zip_error(self.zip_path, f"member {name!r} has no local header at offset {offset}.")
+            name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
+            self.handle.seek(offset + _LOCAL_HEADER.size + name_len + extra_len)
+            data = self.handle.read(csize)
+        except OSError as error:
+            raise read_error(error, where) from None
         if len(data) != csize:
             raise _zip_error(self.zip_path, f"member {name!r} is cut short.")
         if method == zipfile.ZIP_DEFLATED:
@@ -166,7 +177,10 @@ class FolderMemberReader:
         target = Path(os.path.realpath(path))
         if not _inside(target, self.tree):
             raise _outside_error(path, target, self.tree)
-        return target.read_bytes()
+        try:
+            return target.read_bytes()
+        except OSError as error:
+            raise read_error(error, path) from None
 
     def close(self):
         pass
