@@ -48,7 +48,7 @@ def test_ranks_yield_disjoint_samples_whose_union_is_the_split(streamed_validati
     import datasets
 
     # datasets sleeps 5 s after every pass over Parquet shards, to let Arrow's reader threads stop (apache/arrow#45214);
-    # a second is plenty for these few small files and keeps the test's 12 passes short.
+    # a second is plenty for these few small files and keeps the four passes per layout short.
     monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 1)
     _, stream = streamed_validation
     ranks = [
@@ -60,7 +60,7 @@ def test_ranks_yield_disjoint_samples_whose_union_is_the_split(streamed_validati
             shuffle_buffer_size=16,
             process_index=rank,
             num_processes=NUM_PROCESSES,
-        )  # fmt: skip
+        )
         for rank in range(NUM_PROCESSES)
     ]
     all_names = set(names_by_content.values())
