@@ -1,0 +1,308 @@
+"""scripts/train.py options, each checked by what it does to a run on real data (slices of the real s2glc sample
+converted by the project's converter), through real `accelerate launch` subprocesses."""
+
+import ast
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import SMALL_RUN, check, launch
+
+from lale_hf import LaleConfig
+from lale_hf.data import convert_aras400k
+
+
+def copy_real_pairs(sample: Path, destination: Path, split_folder: str, count: int, first: int = 0):
+    """Copies `count` image/mask pairs of a split folder of the real sample (ARAS layout) to `destination`."""
+    names = sorted(p.name for p in (sample / split_folder / "images").iterdir())[first : first + count]
+    for kind in ("images", "masks"):
+        (destination / split_folder / kind).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(sample / split_folder / kind / name, destination / split_folder / kind / name)
+
+
+def convert(source: Path, output: Path, splits=None) -> Path:
+    convert_aras400k(source, output, splits=splits, verify_md5=False, num_proc=1)
+    return output
+
+
+@pytest.fixture(scope="module")
+def real_dataset(s2glc_sample, tmp_path_factory) -> Path:
+    """24 real training and 8 real validation patches (256x256, no ignored pixel) as a `datasets` folder."""
+    source = tmp_path_factory.mktemp("s2glc-slice")
+    copy_real_pairs(s2glc_sample, source, "train", 24)
+    copy_real_pairs(s2glc_sample, source, "val", 8)
+    return convert(source, source.parent / f"{source.name}-dataset")
+
+
+def subprocess_env() -> dict:
+    """`clean_env` for module-scoped fixtures (that one is per test)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONNOUSERSITE": "1"}
+
+
+def results_of(output: Path) -> dict:
+    return json.loads((output / "all_results.json").read_text())
+
+
+def relative_difference(first: dict, second: dict) -> float:
+    """||first - second|| / ||second|| over all floating-point tensors of two state dicts."""
+    difference = sum(float(((first[k].double() - second[k].double()) ** 2).sum()) for k in second)
+    norm = sum(float((second[k].double() ** 2).sum()) for k in second)
+    return (difference / norm) ** 0.5
+
+
+@pytest.fixture(scope="module")
+def deterministic_lale_config(tmp_path_factory) -> Path:
+    """lale-tiny without drop-path and dropout (their random draws depend on the batch layout). It has no
+    batch-dependent layer (RMSNorm, no batch norm), so a sum of micro-batch gradients equals the whole batch's."""
+    folder = tmp_path_factory.mktemp("lale-tiny-deterministic")
+    LaleConfig.from_preset("lale-tiny", drop_path_rate=0.0, classifier_dropout_prob=0.0).save_pretrained(folder)
+    return folder
+
+
+# --gradient_accumulation_steps
+
+ACCUMULATION_LAYOUTS = {"batch4": ("4", "1"), "batch2x2": ("2", "2"), "batch2": ("2", "1")}
+
+
+@pytest.fixture(scope="module")
+def accumulation_runs(real_dataset, deterministic_lale_config, tmp_path_factory) -> dict:
+    """Three 3-step runs: batch 4; batch 2 x 2 accumulated micro-batches; batch 2 alone (the control).
+
+    Batch 2 x 2 must take the optimizer steps of batch 4: the same samples in the same order (seeded shuffle, no
+    augmentation), and the mean of two micro-batch losses is the 4-batch loss because every patch has 64x64
+    labelled pixels (the real sample has no ignored pixel)."""
+    env = subprocess_env()
+    common = [
+        "--dataset_name", str(real_dataset), "--config_name", str(deterministic_lale_config), "--image_size", "64",
+        "--max_train_samples", "16", "--max_eval_samples", "4", "--per_device_eval_batch_size", "4",
+        "--no_augmentation", "--max_train_steps", "3", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
+        "--num_warmup_steps", "0", "--eval_steps", "100", "--seed", "3",
+    ]  # fmt: skip
+    runs = {}
+    for name, (batch, accumulation) in ACCUMULATION_LAYOUTS.items():
+        output = tmp_path_factory.mktemp(name)
+        check(launch([*common, "--per_device_train_batch_size", batch, "--gradient_accumulation_steps", accumulation,
+                      "--output_dir", str(output)], env))  # fmt: skip
+        runs[name] = {"weights": load_file(output / "model.safetensors"), "results": results_of(output)}
+    return runs
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_trains_as_a_doubled_batch(accumulation_runs):
+    batch4, accumulated, control = (accumulation_runs[name] for name in ACCUMULATION_LAYOUTS)
+    assert batch4["results"]["train_steps"] == accumulated["results"]["train_steps"] == 3
+    assert batch4["results"]["train_samples"] == accumulated["results"]["train_samples"] == 12
+    # Three AdamW steps of 1e-3 move the weights by about 1% of their norm. The layouts differ only by float
+    # rounding in the gradient sums: measured 1.5e-7 of the weight norm (largest element 7e-6), against 2.7e-2 for
+    # the control; the bound is 1e-5.
+    difference = relative_difference(accumulated["weights"], batch4["weights"])
+    control_difference = relative_difference(control["weights"], batch4["weights"])
+    assert control_difference > 1e-3, control_difference
+    assert difference < 1e-5, (difference, control_difference)
+    for key in ("eval_overall_accuracy", "eval_macro_f1"):
+        assert accumulated["results"][key] == pytest.approx(batch4["results"][key], abs=1e-4), key
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.py records the loss of the last micro-batch of each optimizer step, not their mean "
+    "(batch 2 x 2 logs 1.875 where batch 4 logs 1.865 at step 1)",
+)
+def test_gradient_accumulation_records_the_loss_of_the_whole_step(accumulation_runs):
+    batch4, accumulated = accumulation_runs["batch4"]["results"], accumulation_runs["batch2x2"]["results"]
+    np.testing.assert_allclose(accumulated["train_loss_history"], batch4["train_loss_history"], rtol=1e-5)
+    assert accumulated["train_loss_last"] == pytest.approx(batch4["train_loss_last"], rel=1e-5)
+
+
+# --max_train_minutes
+
+
+@pytest.mark.slow
+def test_time_budget_spent_before_planning_stops_and_records_why(real_dataset, tmp_path, clean_env):
+    """A budget of 0.6 ms is spent by the first step, long before the run could plan its step count: it stops
+    there, evaluates and saves, and says why. 50 epochs were asked for."""
+    output = tmp_path / "run"
+    result = check(launch([
+        "--dataset_name", str(real_dataset), "--max_train_samples", "8", "--max_eval_samples", "4", *SMALL_RUN,
+        "--max_train_minutes", "1e-5", "--num_train_epochs", "50", "--eval_steps", "100", "--output_dir", str(output),
+    ], clean_env))  # fmt: skip
+    results = results_of(output)
+    assert results["stop_reason"] == "time budget exceeded before the planned steps"
+    assert results["stopped_by_time_budget"] is True
+    assert results["train_steps"] == 1 and len(results["train_loss_history"]) == 1
+    assert [entry["step"] for entry in results["eval_history"]] == [1]
+    assert "Time budget of" not in result.stdout  # no plan was made
+    assert (output / "model.safetensors").is_file() and (output / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_time_budget_run_ends_on_its_planned_steps_with_the_learning_rate_at_zero(real_dataset, tmp_path, clean_env):
+    """A budget run follows the step count in its schedule to the end, where the cosine schedule reaches 0, and
+    records that the plan stopped it. The plan is made deterministic by resuming a checkpoint whose schedule
+    holds 8 planned steps (the checkpoint of an 8-step run): a time-measured plan would depend on the machine."""
+    common = [
+        "--dataset_name", str(real_dataset), "--max_train_samples", "16", "--max_eval_samples", "4", *SMALL_RUN,
+        "--lr_scheduler_type", "cosine", "--num_warmup_steps", "2", "--eval_steps", "100", "--max_train_minutes", "60",
+    ]  # fmt: skip
+    by_steps = tmp_path / "by-steps"
+    check(launch([*common, "--max_train_steps", "8", "--checkpointing_steps", "6", "--output_dir", str(by_steps)],
+                 clean_env))  # fmt: skip
+    results = results_of(by_steps)
+    assert (results["stop_reason"], results["stopped_by_time_budget"]) == ("max_train_steps", False)
+    assert results["train_steps"] == 8 and results["final_learning_rate"] == 0.0
+
+    budgeted = tmp_path / "budgeted"
+    budgeted.mkdir()
+    shutil.copytree(by_steps / "step_6", budgeted / "step_6")
+    check(launch([*common, "--resume_from_checkpoint", "latest", "--output_dir", str(budgeted)], clean_env))
+    results = results_of(budgeted)
+    assert (results["stop_reason"], results["stopped_by_time_budget"]) == ("time budget (planned steps)", True)
+    assert results["train_steps"] == 8 and results["final_learning_rate"] == 0.0
+    expected, actual = load_file(by_steps / "model.safetensors"), load_file(budgeted / "model.safetensors")
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+# --checkpointing_steps epoch
+
+
+@pytest.fixture(scope="module")
+def epoch_checkpoint_run(real_dataset, tmp_path_factory) -> Path:
+    """14 samples at batch 2 are 7 micro-batches an epoch; with 2 of them per optimizer step an epoch is 4 steps
+    (the last step takes the odd micro-batch). Two epochs, a checkpoint at the end of each."""
+    output = tmp_path_factory.mktemp("epoch-checkpoints") / "run"
+    check(launch([
+        "--dataset_name", str(real_dataset), "--max_train_samples", "14", "--max_eval_samples", "4", *SMALL_RUN,
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--num_train_epochs", "2",
+        "--checkpointing_steps", "epoch", "--output_dir", str(output),
+    ], subprocess_env()))  # fmt: skip
+    return output
+
+
+@pytest.mark.slow
+def test_epoch_checkpoints_are_named_by_optimizer_steps(epoch_checkpoint_run):
+    from lale_hf.training import TrainingState, list_checkpoints
+
+    output = epoch_checkpoint_run
+    checkpoints = list_checkpoints(output)
+    # Named by optimizer steps (4 an epoch), not micro-batches (7) or samples (14).
+    assert checkpoints and checkpoints[0].name == "step_4"
+    assert {p.name for p in checkpoints} <= {"step_4", "step_8"}
+    assert not list(output.glob(".partial*"))
+    for checkpoint in checkpoints:
+        state = TrainingState.load(checkpoint)
+        epoch = state.completed_steps // 4
+        # Saved at the end of its epoch: resuming starts the next epoch at its first batch.
+        assert (state.completed_steps, state.epoch, state.batches_in_epoch) == (4 * epoch, epoch, 0)
+        assert state.samples_seen == 14 * epoch
+        assert (checkpoint / "model.safetensors").is_file()
+    results = results_of(output)
+    assert results["train_steps"] == 8 and results["train_samples"] == 28
+    assert [entry["step"] for entry in results["eval_history"]] == [4, 8]  # one evaluation per epoch
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.py leaves the training loop at its last step before the epoch-end block, so the last epoch "
+    "writes no checkpoint (2 epochs give step_4 only)",
+)
+def test_epoch_checkpoints_one_per_epoch_including_the_last(epoch_checkpoint_run):
+    from lale_hf.training import list_checkpoints
+
+    assert [p.name for p in list_checkpoints(epoch_checkpoint_run)] == ["step_4", "step_8"]
+
+
+# --config_name
+
+
+@pytest.mark.slow
+def test_config_name_trains_and_saves_a_segformer(real_dataset, tmp_path, clean_env):
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForSemanticSegmentation,
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+    )
+
+    config_dir = tmp_path / "segformer-config"
+    SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], decoder_hidden_size=64).save_pretrained(
+        config_dir
+    )
+    assert sorted(p.name for p in config_dir.iterdir()) == ["config.json"]  # no processor: the model type's default
+    output = tmp_path / "run"
+    check(launch([
+        "--dataset_name", str(real_dataset), "--config_name", str(config_dir), "--image_size", "64",
+        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4",
+        "--max_train_steps", "2", "--eval_steps", "100", "--output_dir", str(output),
+    ], clean_env))  # fmt: skip
+    config = json.loads((output / "config.json").read_text())
+    assert config["model_type"] == "segformer" and config["architectures"] == ["SegformerForSemanticSegmentation"]
+    assert config["hidden_sizes"] == [16, 32, 64, 128]
+    assert not list(output.glob("*lale*.py"))  # no LALE code files beside a SegFormer
+    processor_config = json.loads((output / "preprocessor_config.json").read_text())
+    assert processor_config["image_processor_type"].startswith("SegformerImageProcessor")
+    assert processor_config["size"] == {"height": 64, "width": 64}
+    model = AutoModelForSemanticSegmentation.from_pretrained(output)
+    assert isinstance(model, SegformerForSemanticSegmentation)
+    dataset_labels = json.loads((real_dataset / "id2label.json").read_text())
+    assert model.config.id2label == {int(index): name for index, name in dataset_labels.items()}
+    assert type(AutoImageProcessor.from_pretrained(output)).__name__.startswith("SegformerImageProcessor")
+    assert 0.0 <= results_of(output)["eval_macro_f1"] <= 1.0
+
+
+# --include_synthetic
+
+
+@pytest.fixture(scope="module")
+def dataset_with_synthetic(s2glc_sample, tmp_path_factory) -> Path:
+    """8 real training and 4 real validation patches, and a synthetic split of 4 procedural patches."""
+    from lale_hf.data.synthetic_landcover import encode_pair, generate_patch
+
+    source = tmp_path_factory.mktemp("with-synthetic")
+    copy_real_pairs(s2glc_sample, source, "train", 8)
+    copy_real_pairs(s2glc_sample, source, "val", 4)
+    for kind in ("images", "masks"):
+        (source / "synth" / kind).mkdir(parents=True)
+    for index in range(4):
+        image_png, mask_png = encode_pair(*generate_patch([11, index]))
+        (source / "synth" / "images" / f"N50E010_000_{index:03d}.png").write_bytes(image_png)
+        (source / "synth" / "masks" / f"N50E010_000_{index:03d}.png").write_bytes(mask_png)
+    return convert(source, source.parent / f"{source.name}-dataset")
+
+
+def training_pixel_counts(log: str) -> dict[str, int]:
+    """The per-class pixel counts of the training splits that train.py logs before training."""
+    line = next(line for line in log.splitlines() if "Training pixels per class:" in line)
+    return ast.literal_eval(line.split("Training pixels per class:", 1)[1].strip())
+
+
+@pytest.mark.slow
+def test_include_synthetic_trains_on_train_and_synthetic(dataset_with_synthetic, tmp_path, clean_env):
+    from datasets import load_dataset
+
+    common = [
+        "--dataset_name", str(dataset_with_synthetic), "--max_eval_samples", "4", *SMALL_RUN,
+        "--num_train_epochs", "1", "--eval_steps", "100",
+    ]  # fmt: skip
+    runs = {}
+    for name, extra in (("train", []), ("train+synthetic", ["--include_synthetic"])):
+        output = tmp_path / name
+        result = check(launch([*common, *extra, "--output_dir", str(output)], clean_env))
+        runs[name] = (results_of(output), training_pixel_counts(result.stdout + result.stderr))
+    (train_only, train_counts), (both, both_counts) = runs["train"], runs["train+synthetic"]
+    # One epoch over 8 + 4 samples at batch 4, against 8 alone.
+    assert (train_only["train_samples"], train_only["train_steps"]) == (8, 2)
+    assert (both["train_samples"], both["train_steps"]) == (12, 3)
+    # The pixels it counted are those of both splits: the real train split has no Shrub, the procedural one has.
+    synthetic = load_dataset(str(dataset_with_synthetic), split="synthetic")
+    synthetic_counts = np.bincount(np.concatenate([np.asarray(x).ravel() for x in synthetic["label"]]), minlength=7)
+    names = list(train_counts)
+    assert train_counts["Shrub"] == 0 and synthetic_counts[names.index("Shrub")] > 0
+    assert both_counts == {name: train_counts[name] + int(synthetic_counts[i]) for i, name in enumerate(names)}
