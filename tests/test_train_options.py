@@ -306,3 +306,162 @@ def test_include_synthetic_trains_on_train_and_synthetic(dataset_with_synthetic,
     names = list(train_counts)
     assert train_counts["Shrub"] == 0 and synthetic_counts[names.index("Shrub")] > 0
     assert both_counts == {name: train_counts[name] + int(synthetic_counts[i]) for i, name in enumerate(names)}
+
+
+# Fine-tuning another model family: its own image processor in, the same processor out (issue 10)
+
+ARAS_LABELS = ("Tree", "Shrub", "Grass", "Crop", "Built-up", "Barren", "Water")
+PROCESSOR_TYPES = {"mobilevit": "MobileViTImageProcessor", "segformer": "SegformerImageProcessor"}
+
+
+def save_random_checkpoint(family: str, folder: Path) -> Path:
+    """A randomly initialised checkpoint with its own image processor at 64x64, as save_pretrained writes them:
+    MobileViT-XXS DeepLabV3 (apple/deeplabv3-mobilevit-xx-small's sizes) or a small SegFormer."""
+    from transformers import (
+        MobileViTConfig,
+        MobileViTForSemanticSegmentation,
+        MobileViTImageProcessorPil,
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessorPil,
+    )
+
+    id2label = dict(enumerate(ARAS_LABELS))
+    torch.manual_seed(0)
+    if family == "mobilevit":
+        config = MobileViTConfig(
+            hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0,
+            id2label=id2label,
+        )  # fmt: skip
+        model = MobileViTForSemanticSegmentation(config)
+        # transformers draws batch-norm weights from N(0, 0.02), which shrinks activations to denormals.
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+        processor = MobileViTImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    else:
+        config = SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], id2label=id2label)
+        model = SegformerForSemanticSegmentation(config)
+        # Statistics of its own training data rather than ImageNet's (LALE's default), so a mix-up would show.
+        processor = SegformerImageProcessorPil(
+            size={"height": 64, "width": 64}, image_mean=[0.28, 0.33, 0.24], image_std=[0.12, 0.1, 0.09]
+        )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def real_patch(s2glc_sample: Path, size: int = 64):
+    """The top-left `size` x `size` crop of a real patch and of its class-index mask (PIL images)."""
+    from PIL import Image
+
+    from lale_hf import color_mask_to_label_map
+
+    image = Image.open(s2glc_sample / "train" / "images" / "s2glc_00003.png").convert("RGB").crop((0, 0, size, size))
+    mask = np.asarray(Image.open(s2glc_sample / "train" / "masks" / "s2glc_00003.png").convert("RGB"))[:size, :size]
+    return image, Image.fromarray(np.asarray(color_mask_to_label_map(mask), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("family", ["mobilevit", "segformer"])
+def test_training_feeds_exactly_what_the_checkpoints_own_processor_produces(family, s2glc_sample, tmp_path):
+    """The library path train.py takes: the checkpoint's processor (MobileViT: BGR, rescaled, not normalised;
+    this SegFormer: its own mean and std), read once into `Preprocessing`, applied by `SegmentationDataset` to an
+    un-augmented real patch at the processor's size, gives the processor's own pixel values bit for bit."""
+    from datasets import Dataset, Features, Image
+
+    from lale_hf.preprocessing import preprocessing_from_processor
+    from lale_hf.training import SegmentationDataset, training_image_processor
+
+    checkpoint = save_random_checkpoint(family, tmp_path / family)
+    processor = training_image_processor(str(checkpoint), family, 64)
+    assert type(processor).__name__.startswith(PROCESSOR_TYPES[family])
+    image, label = real_patch(s2glc_sample)
+    features = Features({"image": Image(), "label": Image()})
+    split = Dataset.from_dict({"image": [image], "label": [label]}, features=features)
+    fed = SegmentationDataset(split, 64, preprocessing=preprocessing_from_processor(processor), num_labels=7)[0]
+    expected = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert fed["pixel_values"].shape == expected.shape == (3, 64, 64)
+    assert torch.equal(fed["pixel_values"], expected)  # bit-identical
+    np.testing.assert_array_equal(fed["labels"].numpy(), np.asarray(label))
+    if family == "mobilevit":  # BGR in [0, 1]: channel 0 is the blue band
+        np.testing.assert_allclose(fed["pixel_values"][0].numpy(), np.asarray(image)[..., 2] / 255, atol=1e-6)
+    # LALE's ImageNet default, which train.py once applied to every model, is far from it.
+    default = SegmentationDataset(split, 64, num_labels=7)[0]["pixel_values"]
+    assert (default - expected).abs().max() > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mobilevit", "segformer"])
+def test_fine_tuned_checkpoint_keeps_its_processor_and_runs_in_a_pipeline(
+    family, real_dataset, s2glc_sample, tmp_path, clean_env
+):
+    from PIL import Image
+    from transformers import pipeline
+
+    checkpoint = save_random_checkpoint(family, tmp_path / "checkpoint")
+    output = tmp_path / "fine-tuned"
+    check(launch([
+        "--dataset_name", str(real_dataset), "--model_name_or_path", str(checkpoint), "--image_size", "64",
+        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "4", "--max_train_steps", "2", "--eval_steps", "100",
+        "--output_dir", str(output),
+    ], clean_env))  # fmt: skip
+    # The saved processor is the checkpoint's own, unchanged (same size, statistics and channel order).
+    saved = json.loads((output / "preprocessor_config.json").read_text())
+    original = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == PROCESSOR_TYPES[family]
+    assert saved == original
+    assert json.loads((output / "config.json").read_text())["model_type"] == family
+    before, after = load_file(checkpoint / "model.safetensors"), load_file(output / "model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+    image = Image.open(s2glc_sample / "val" / "images" / "s2glc_00241.png").convert("RGB")
+    segmenter = pipeline("image-segmentation", model=str(output))
+    assert type(segmenter.image_processor).__name__.startswith(PROCESSOR_TYPES[family])
+    segments = segmenter(image)
+    assert segments and {segment["label"] for segment in segments} <= set(ARAS_LABELS)
+    masks = [np.asarray(segment["mask"]) > 0 for segment in segments]
+    assert all(mask.shape == (image.height, image.width) for mask in masks)
+    assert (np.sum(masks, axis=0) == 1).all()  # one class per pixel
+
+
+# A dataset without the validation split (issue 10)
+
+
+@pytest.fixture(scope="module")
+def dataset_without_validation(s2glc_sample, tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("train-only")
+    copy_real_pairs(s2glc_sample, source, "train", 4)
+    return convert(source, source.parent / f"{source.name}-dataset", splits=["train"])
+
+
+MISSING_VALIDATION = "has no split 'validation'; it has ['train']"
+
+
+def test_missing_validation_split_is_a_typed_library_error(dataset_without_validation):
+    import re
+
+    from lale_hf.training import TrainingDataError, load_segmentation_splits
+
+    with pytest.raises(TrainingDataError, match=re.escape(f"{dataset_without_validation} {MISSING_VALIDATION}")):
+        load_segmentation_splits(str(dataset_without_validation), ["train", "validation"])
+    splits, id2label = load_segmentation_splits(str(dataset_without_validation), ["train"])
+    assert len(splits["train"]) == 4 and id2label[0] == "Tree"
+
+
+def test_train_exits_2_naming_the_missing_validation_split(dataset_without_validation, tmp_path, clean_env):
+    import subprocess
+    import sys
+
+    from test_train import REPO_ROOT
+
+    output = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--dataset_name", str(dataset_without_validation), "--preset",
+         "lale-tiny", "--output_dir", str(output)],
+        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"error: {dataset_without_validation} {MISSING_VALIDATION}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists() or not list(output.iterdir())
