@@ -51,6 +51,40 @@ def exported(tiny_checkpoint, tmp_path_factory) -> tuple[Path, str]:
     return path, result.stdout
 
 
+# PyTorch and ONNX Runtime logits differ by ~1e-6, so a pixel may change class only where the top two fp32 logits are
+# that close: a genuine tie.
+TIE_TOLERANCE = 1e-5
+
+
+def torch_near_ties(image, model, **options) -> np.ndarray:
+    """Where the fp32 PyTorch logits `predict_image` takes the argmax of have their top two within TIE_TOLERANCE.
+
+    `predict_image` runs again with its argmax replaced by that test, so the map lines up with the labels pixel for
+    pixel, blending and upsampling included.
+    """
+    from lale_hf.inference import tiling
+
+    def near_tie(logits: torch.Tensor) -> np.ndarray:
+        top_two = np.sort(logits.numpy(), axis=0)[-2:]
+        return (top_two[1] - top_two[0] <= TIE_TOLERANCE).astype(np.uint8)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiling, "_argmax", near_tie)
+        return predict_image(image, model, **options).astype(bool)
+
+
+def assert_differences_are_ties(onnx_labels: np.ndarray, torch_labels: np.ndarray, ties: np.ndarray):
+    assert onnx_labels.shape == torch_labels.shape == ties.shape
+    assert len(np.unique(torch_labels)) > 1  # a map of one class would agree trivially
+    assert ties.mean() < 0.01, "most pixels tie: the tie map is not what predict_image takes the argmax of"
+    differing = onnx_labels != torch_labels
+    not_ties = np.argwhere(differing & ~ties)
+    assert not_ties.size == 0, (
+        f"{len(not_ties)} of {int(differing.sum())} differing pixels are not ties (top two PyTorch logits more than "
+        f"{TIE_TOLERANCE} apart), first at {not_ties[:5].tolist()}"
+    )
+
+
 def real_patches(s2glc_sample: Path, names) -> list[np.ndarray]:
     return [np.array(Image.open(s2glc_sample / "val" / "images" / f"{name}.png").convert("RGB")) for name in names]
 
@@ -117,8 +151,7 @@ def test_predict_script_runs_the_onnx_file(s2glc_sample, tiny_model, exported, t
     assert stats["prediction"]["preprocessing"] == TorchPredictor(tiny_model).preprocessing.to_dict()
     onnx_labels = np.array(Image.open(tmp_path / "s2glc_00275_classes.png"))
     torch_labels = predict_image(Image.open(patch), tiny_model)
-    # Logits agree to ~1e-6, so only exact near-ties could flip a pixel.
-    assert (onnx_labels == torch_labels).mean() > 0.999
+    assert_differences_are_ties(onnx_labels, torch_labels, torch_near_ties(Image.open(patch), tiny_model))
 
 
 def test_onnx_and_pytorch_agree_on_a_tiled_scene(s2glc_sample, tiny_model, exported):
@@ -128,7 +161,7 @@ def test_onnx_and_pytorch_agree_on_a_tiled_scene(s2glc_sample, tiny_model, expor
     ]
     onnx_labels = predict_image(scene, load_predictor(exported[0]), batch_size=4)
     torch_labels = predict_image(scene, tiny_model, batch_size=4)
-    assert (onnx_labels == torch_labels).mean() > 0.999
+    assert_differences_are_ties(onnx_labels, torch_labels, torch_near_ties(scene, tiny_model, batch_size=4))
 
 
 def test_bad_onnx_files_are_clear_errors(exported, tmp_path, tiny_model):
