@@ -39,6 +39,7 @@ from lale_hf.training import (
     StreamingSegmentationDataset,
     TrainingError,
     TrainingState,
+    align_classes_by_name,
     class_pixel_counts,
     class_weights_from_counts,
     evaluate,
@@ -130,6 +131,11 @@ def parse_args(argv=None):
     model.add_argument("--model_name_or_path", help="Fine-tune any checkpoint (Hub id or folder).")
     model.add_argument("--config_name", help="Train from scratch from the config JSON of any segmentation model.")
     model.add_argument("--ignore_mismatched_sizes", action="store_true", help="Re-initialise a head of another size.")
+    model.add_argument(
+        "--ignore_label_names", action="store_true",
+        help="Fine-tune a checkpoint whose class names differ from the dataset's (its head is relabelled as is). "
+        "Without it, other names are an error, and the same names in another order reorder the head by name.",
+    )
     model.add_argument("--trust_remote_code", action="store_true")
     model.add_argument("--activation_checkpointing", action="store_true")
 
@@ -223,10 +229,16 @@ def build_model(args, id2label):
             f"{args.model_name_or_path} predicts {config.num_labels} classes but the dataset has "
             f"{len(id2label)} ({', '.join(id2label.values())}); pass --ignore_mismatched_sizes to re-initialise the head."
         )
-    return AutoModelForSemanticSegmentation.from_pretrained(
-        args.model_name_or_path, id2label=id2label, label2id=label2id,
-        ignore_mismatched_sizes=args.ignore_mismatched_sizes, trust_remote_code=args.trust_remote_code,
+    if config.num_labels != len(id2label):  # --ignore_mismatched_sizes: a new head, named by the dataset
+        return AutoModelForSemanticSegmentation.from_pretrained(
+            args.model_name_or_path, id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=args.trust_remote_code,
+        )
+    model = AutoModelForSemanticSegmentation.from_pretrained(
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code
     )
+    logger.info(f"  Classes: {align_classes_by_name(model, id2label, args.model_name_or_path, args.ignore_label_names)}")
+    return model
 
 
 def main(argv=None):

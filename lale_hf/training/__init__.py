@@ -4,6 +4,7 @@ from .augmentation import OverheadAugmentation
 from .checkpoints import TrainingState, list_checkpoints
 from .errors import TrainingDataError, TrainingError
 from .evaluation import evaluate, json_ready, save_confusion_matrix_plot
+from .labels import align_classes_by_name
 from .losses import LOSSES, dice_loss, focal_loss, segmentation_loss
 from .processors import training_image_processor
 from .recipe import (
@@ -25,6 +26,7 @@ from .tracking import push_allow_patterns, secret_values, tracked_hyperparameter
 
 
 __all__ = [
+    "align_classes_by_name",
     "LOSSES",
     "SCHEDULES",
     "ExponentialMovingAverage",
