@@ -737,10 +737,24 @@ def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     assert (zips / "val.zip").read_bytes() == zip_bytes
 
 
+def test_push_folder_needs_an_allow_list_that_matches(tmp_path):
+    from lale_hf.hub_utils import HubPushError, files_to_push, push_folder
+
+    (tmp_path / "data").mkdir()
+    for name in ("README.md", "data/train-0.parquet", "runs/events.out", "token.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert files_to_push(tmp_path, ["README.md", "data/*.parquet"]) == ["README.md", "data/train-0.parquet"]
+    with pytest.raises(HubPushError, match="without an allow-list"):
+        push_folder(tmp_path, "org/repo", "dataset", "msg", allow_patterns=[])
+    with pytest.raises(HubPushError, match=r"No file in .* matches \['\*.bin'\]"):
+        push_folder(tmp_path, "org/repo", "dataset", "msg", allow_patterns=["*.bin"])
+
+
 PULL_CONVERTED = """
 import hashlib, json, sys
 import datasets
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 
 repo = sys.argv[1]
 loaded = datasets.load_dataset(repo)
@@ -752,6 +766,7 @@ print(json.dumps({
     "streamed": {split: digest(streamed[split]) for split in streamed},
     "id2label": json.load(open(hf_hub_download(repo, "id2label.json", repo_type="dataset"))),
     "description": loaded["train"].info.description,
+    "files": sorted(HfApi().list_repo_files(repo, repo_type="dataset")),
 }))
 """
 
@@ -799,6 +814,11 @@ def test_push_to_hub_publishes_the_same_dataset(s2glc_sample, tmp_path, hub_serv
     assert remote["loaded"] == expected and remote["streamed"] == expected
     assert remote["id2label"] == json.loads((tmp_path / "dataset" / "id2label.json").read_text())
     assert "Built-up" in remote["description"]
+    # The allow-list: the card, the class names and the shards; not the marker file beside them.
+    local_files = sorted(p.relative_to(tmp_path / "dataset").as_posix() for p in (tmp_path / "dataset").rglob("*.*"))
+    assert DATASET_MARKER in local_files
+    shards = [name for name in local_files if name.startswith("data/")]
+    assert [f for f in remote["files"] if f != ".gitattributes"] == ["README.md", *shards, "id2label.json"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
