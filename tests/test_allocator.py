@@ -52,7 +52,7 @@ def test_missing_tcmalloc_is_a_typed_error_naming_the_package(monkeypatch):
     monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
     with pytest.raises(AllocatorNotFoundError, match="apt-get install libgoogle-perftools4"):
         tcmalloc_library()
-    with pytest.raises(AllocatorNotFoundError):
+    with pytest.raises(AllocatorNotFoundError, match="apt-get install libgoogle-perftools4"):
         allocator_env("tcmalloc", {})
 
 

@@ -313,7 +313,7 @@ def test_config_validation_messages(kwargs, message):
 
 
 def test_config_rejects_wrong_types_and_unknown_presets():
-    with pytest.raises(Exception, match="hidden_sizes"):
+    with pytest.raises(Exception, match="Field 'hidden_sizes' with value '24,48' doesn't match any type"):
         LaleConfig(hidden_sizes="24,48")
     with pytest.raises(ValueError, match="Unknown LALE preset 'lale-huge'"):
         LaleConfig.from_preset("lale-huge")
