@@ -60,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads_per_run", type=int, default=1)
     parser.add_argument("--train_args", default="", help="Extra train.py arguments, one string (the recipe).")
     parser.add_argument("--output_dir", default="outputs/accuracy")
+    parser.add_argument("--report_only", action="store_true",
+                        help="Report the runs that finished so far (models with at least 2 seeds), train nothing.")
     parser.add_argument("--from_json", help="Re-render the markdown and plot of an earlier report.json.")
     return parser.parse_args(argv)
 
@@ -91,7 +93,8 @@ def main(argv=None):
                                     args.threads_per_run, args.batch_size, args.image_size, train_args)
             for run in runs
         }
-        run_trainings(runs, commands, output_dir, args.parallel, args.threads_per_run)
+        if not args.report_only:
+            run_trainings(runs, commands, output_dir, args.parallel, args.threads_per_run)
         records = collect_results(runs, output_dir)
         costs = model_costs(args.models, args.image_size)
         report = {

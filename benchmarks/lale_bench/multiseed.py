@@ -156,7 +156,10 @@ def collect_results(runs: list[TrainingRun], output_dir: Path) -> list[dict]:
     """One record per run: its plan and what its `all_results.json` says."""
     records = []
     for run in runs:
-        results = json.loads((output_dir / run.name / "all_results.json").read_text())
+        path = output_dir / run.name / "all_results.json"
+        if not path.is_file():
+            continue  # not run (yet): the summary covers the seeds that finished
+        results = json.loads(path.read_text())
         records.append({
             **asdict(run),
             **{key: results[key] for key in SCORES},
@@ -177,6 +180,7 @@ def summarize_comparison(records: list[dict], costs: dict[str, dict], batch_size
         in_mode = [record for record in records if record["mode"] == mode]
         models = list(dict.fromkeys(record["model"] for record in in_mode))
         per_model = {}
+        models = [m for m in models if sum(r["model"] == m for r in in_mode) >= 2]  # an interval needs 2 seeds
         for model in models:
             mine = [record for record in in_mode if record["model"] == model]
             steps = [record["train_steps"] for record in mine]
