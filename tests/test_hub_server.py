@@ -305,17 +305,6 @@ def test_push_to_hub_and_remote_code_from_pretrained(hub_server, tmp_path):
     assert pulled["card_library"] == "transformers"
 
 
-DATASET_CARD = """---
-license: cc-by-4.0
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*
----
-# A two-shard dataset
-"""
-
 PUSH_DATASET = """
     import json, sys
     from huggingface_hub import HfApi
@@ -331,42 +320,90 @@ PULL_DATASET = """
     import datasets
     from huggingface_hub import snapshot_download
 
+    def sha(data):
+        return hashlib.sha256(data).hexdigest()
+
+    def rows(split):
+        # The PNG bytes as stored, not decoded pixels: the round trip must keep them byte for byte.
+        split = split.cast_column("image", datasets.Image(decode=False))
+        split = split.cast_column("label", datasets.Image(decode=False))
+        return sorted(
+            [row["name"], sha(row["image"]["bytes"]), sha(row["label"]["bytes"]), row["tile"], row["patch_row"],
+             row["patch_col"]]
+            for row in split
+        )
+
     folder = snapshot_download("hubtest/aras400k-mini", repo_type="dataset")
     files = {}
     for top, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(top, name)
-            files[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    loaded = datasets.load_dataset("hubtest/aras400k-mini", split="train")
-    streamed = datasets.load_dataset("hubtest/aras400k-mini", split="train", streaming=True)
+            files[os.path.relpath(path, folder)] = sha(open(path, "rb").read())
+    loaded = datasets.load_dataset("hubtest/aras400k-mini")
+    streamed = datasets.load_dataset("hubtest/aras400k-mini", streaming=True)
     print(json.dumps({
         "files": files,
-        "loaded": sorted(loaded["id"]),
-        "streamed": sorted(row["id"] for row in streamed),
-        "label": sorted(set(loaded["label"])),
+        "loaded": {split: rows(loaded[split]) for split in loaded},
+        "streamed": {split: rows(streamed[split]) for split in streamed},
     }))
 """
 
+# Real patches renamed as ARAS400k names `{tile}_{row}_{col}` (parsed into the tile/patch_row/patch_col columns),
+# with one name of another form, whose columns are null.
+ROUND_TRIP_NAMES = {
+    "train": {
+        "N45E010_003_004": ("N45E010", 3, 4),
+        "N45E010_003_005": ("N45E010", 3, 5),
+        "S03W060_120_007": ("S03W060", 120, 7),
+        "N12E123_000_099": ("N12E123", 0, 99),
+        "s2glc_00001": (None, None, None),
+    },
+    "validation": {"N51W002_017_018": ("N51W002", 17, 18), "S33E018_001_000": ("S33E018", 1, 0)},
+}
+
 
 @pytest.mark.slow
-def test_dataset_repo_round_trip(hub_server, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def test_dataset_repo_round_trip(hub_server, tmp_path, s2glc_sample):
+    """A converted dataset of real patches, pushed and pulled: the same files, and in every row (loaded and streamed)
+    the same image PNG bytes as the source files, the same label bytes and the same tile/row/col."""
+    import datasets
 
+    from lale_hf.data import convert_aras400k
+
+    source_folders = {"train": "train", "validation": "val"}
+    sources = tmp_path / "sources"
+    expected = {}
+    for split, names in ROUND_TRIP_NAMES.items():
+        real = sorted((s2glc_sample / source_folders[split] / "images").glob("*.png"))[: len(names)]
+        for kind in ("images", "masks"):
+            (sources / source_folders[split] / kind).mkdir(parents=True)
+        for path, (name, columns) in zip(real, names.items(), strict=True):
+            image_png = path.read_bytes()
+            (sources / source_folders[split] / "images" / f"{name}.png").write_bytes(image_png)
+            mask_png = (path.parent.parent / "masks" / path.name).read_bytes()
+            (sources / source_folders[split] / "masks" / f"{name}.png").write_bytes(mask_png)
+            expected.setdefault(split, {})[name] = (hashlib.sha256(image_png).hexdigest(), *columns)
     folder = tmp_path / "dataset"
-    (folder / "data").mkdir(parents=True)
-    for shard in range(2):
-        ids = list(range(shard * 5, shard * 5 + 5))
-        table = pa.table({"id": ids, "label": [f"class-{i % 3}" for i in ids]})
-        pq.write_table(table, folder / "data" / f"train-{shard:05d}-of-00002.parquet")
-    (folder / "README.md").write_text(DATASET_CARD)
+    convert_aras400k(sources, folder, num_proc=1)
     run_client(hub_server, PUSH_DATASET, str(folder))
 
     pulled = run_client(hub_server, PULL_DATASET)
     local = {str(path.relative_to(folder)): sha256(path) for path in folder.rglob("*") if path.is_file()}
-    assert {name: pulled["files"][name] for name in local} == local
-    assert pulled["loaded"] == pulled["streamed"] == list(range(10))
-    assert pulled["label"] == ["class-0", "class-1", "class-2"]
+    assert any(name.endswith(".parquet") for name in local)
+    assert {name: pulled["files"].get(name) for name in local} == local
+    # The labels as the local folder holds them (the converter writes them; image bytes are the source files').
+    local_splits = datasets.load_dataset(str(folder)).cast_column("label", datasets.Image(decode=False))
+    label_sha = {
+        row["name"]: hashlib.sha256(row["label"]["bytes"]).hexdigest()
+        for split in local_splits.values()
+        for row in split
+    }
+    want = {
+        split: sorted([name, image_sha, label_sha[name], *columns] for name, (image_sha, *columns) in rows.items())
+        for split, rows in expected.items()
+    }
+    assert pulled["loaded"] == want
+    assert pulled["streamed"] == want
 
 
 def gone(process: psutil.Process) -> bool:
