@@ -70,8 +70,9 @@ def run(args):
     check_output_dir(Path(args.output_dir).resolve())
     accelerator = Accelerator()
     splits, id2label = load_segmentation_splits(args.dataset_name, [args.split])
+    # Weights are read as safetensors only: a pickled checkpoint is refused, never unpickled.
     model = AutoModelForSemanticSegmentation.from_pretrained(
-        args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code, use_safetensors=True
     )
     if model.config.num_labels != len(id2label):
         raise TrainingError(

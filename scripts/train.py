@@ -233,9 +233,11 @@ def build_model(args, id2label):
         return AutoModelForSemanticSegmentation.from_pretrained(
             args.model_name_or_path, id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True, trust_remote_code=args.trust_remote_code,
+            use_safetensors=True,
         )
+    # Weights are read as safetensors only: a pickled checkpoint is refused, never unpickled.
     model = AutoModelForSemanticSegmentation.from_pretrained(
-        args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code, use_safetensors=True
     )
     logger.info(f"  Classes: {align_classes_by_name(model, id2label, args.model_name_or_path, args.ignore_label_names)}")
     return model

@@ -166,7 +166,9 @@ def load_predictor(
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     try:
-        loaded = AutoModelForSemanticSegmentation.from_pretrained(reference, trust_remote_code=trust_remote_code)
+        loaded = AutoModelForSemanticSegmentation.from_pretrained(
+            reference, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
     except (OSError, ValueError) as error:
         where = "the local folder" if path.is_dir() else "no such local folder or .onnx file, and the Hub id"
         raise InferenceError(f"--model {reference}: {where} gives no segmentation model ({error}).") from error
