@@ -34,6 +34,7 @@ one byte per pixel. GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX mo
 
 import argparse
 
+from lale_hf.argument_types import positive_int
 from lale_hf.inference import SCALING_METHODS, InferenceError, predict_paths
 
 
@@ -53,7 +54,7 @@ def parse_args():
         "--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile."
     )
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--preview_size", type=int, default=2048, help="Longest side of the colourised preview.")
+    parser.add_argument("--preview_size", type=positive_int, default=2048, help="Longest side of the colourised preview.")
     parser.add_argument("--num_threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
     parser.add_argument(
         "--torch_compile",

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from lale_hf.argument_types import positive_int
 from lale_hf.data import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_SHARD_SIZE,
@@ -40,7 +41,7 @@ def parse_args():
     )
     parser.add_argument("--output_dir", type=Path, required=True, help="Where to write the dataset folder.")
     parser.add_argument("--splits", nargs="+", choices=list(SPLIT_SOURCES), help="Convert only these splits.")
-    parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="Worker processes.")
+    parser.add_argument("--num_proc", type=positive_int, default=os.cpu_count() or 1, help="Worker processes.")
     parser.add_argument("--skip_md5", action="store_true", help="Do not verify the zips' MD5 sums.")
     parser.add_argument(
         "--skip_unpaired",
@@ -68,7 +69,7 @@ def parse_args():
         help="With --overwrite: replace --output_dir even if this tool did not write it.",
     )
     parser.add_argument(
-        "--max_shard_size", type=int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
+        "--max_shard_size", type=positive_int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
     )
     parser.add_argument(
         "--max_image_pixels",

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, hub_utils
+from lale_hf.argument_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from lale_hf.file_utils import replace_folder, write_atomic
 from lale_hf.model_card import build_model_card
 from lale_hf.preprocessing import preprocessing_from_processor
@@ -65,41 +66,6 @@ PUSH_ATTEMPTS = 3
 PUSH_BACKOFF_SECONDS = 2.0
 # How far past its budget a planned run may go (the machine slowed down) before it stops anyway.
 BUDGET_OVERRUN = 1.25
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
 
 
 def checkpoint_interval(text: str) -> str:

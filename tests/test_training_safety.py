@@ -103,3 +103,33 @@ def test_a_hub_outage_neither_aborts_training_nor_loses_the_model(s2glc_dataset,
     results = json.loads((output / "all_results.json").read_text())
     assert results["train_steps"] == 4  # trained to the end despite the failing checkpoint pushes
     assert (output / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by all, as other outputs
+
+
+def run_evaluate(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_fails_before_evaluating_when_it_cannot_write(s2glc_dataset, lale_tiny_checkpoint, tmp_path,  # noqa: F811
+                                                                clean_env):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_evaluate(["--model_name_or_path", str(lale_tiny_checkpoint), "--dataset_name", str(s2glc_dataset),
+                           "--output_dir", str(blocker / "results"), "--max_eval_samples", "2"], clean_env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"--output_dir {blocker / 'results'}: {blocker} is not a writable folder" in result.stderr
+    assert "evaluation:" not in result.stderr  # refused before any sample was evaluated
+
+
+def test_evaluate_refuses_a_checkpoint_with_other_class_names(s2glc_dataset, tmp_path, clean_env):  # noqa: F811
+    shuffled = [NAMES[i] for i in (3, 0, 6, 1, 5, 2, 4)]
+    LaleForSemanticSegmentation(LaleConfig(id2label=dict(enumerate(shuffled)))).save_pretrained(tmp_path / "ckpt")
+    common = ["--model_name_or_path", str(tmp_path / "ckpt"), "--dataset_name", str(s2glc_dataset),
+              "--max_eval_samples", "2", "--image_size", "64"]
+    refused = run_evaluate([*common, "--output_dir", str(tmp_path / "o")], clean_env)
+    assert refused.returncode == 2
+    assert "names its classes ['Crop', 'Tree'" in refused.stderr and "--ignore_label_names" in refused.stderr
+    check(subprocess.run([sys.executable, "scripts/evaluate.py", *common, "--output_dir", str(tmp_path / "o"),
+                          "--ignore_label_names"], cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True,
+                         timeout=300))
+    assert json.loads((tmp_path / "o" / "eval_results.json").read_text())["num_samples"] == 2
