@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from lale_bench import (
     DEFAULT_MODELS,
     DTYPES,
@@ -42,7 +43,6 @@ from lale_bench import (
     run_lockstep,
     silence_third_party_noise,
 )
-
 from lale_hf.allocator import allocator_env, detect_allocator
 from lale_hf.file_utils import write_atomic
 

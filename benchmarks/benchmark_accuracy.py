@@ -20,6 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lale_bench.multiseed import (  # noqa: E402
@@ -35,7 +36,6 @@ from lale_bench.multiseed import (  # noqa: E402
 from lale_bench.multiseed_report import plot_comparison, render_markdown  # noqa: E402
 from lale_bench.quiet import silence_third_party_noise  # noqa: E402
 from lale_bench.zoo import ZOO  # noqa: E402
-
 from lale_hf.file_utils import write_atomic  # noqa: E402
 
 
@@ -45,12 +45,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_name", help="A dataset folder written by prepare_aras400k.py.")
-    parser.add_argument("--models", nargs="+", default=["lale-tiny", "segformer-b0", "mobilevit-xxs-deeplabv3"],
-                        choices=sorted(ZOO))
+    parser.add_argument(
+        "--models", nargs="+", default=["lale-tiny", "segformer-b0", "mobilevit-xxs-deeplabv3"], choices=sorted(ZOO)
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["equal-compute", "equal-steps"], choices=MODES)
-    parser.add_argument("--budget_seconds", type=float, default=120.0,
-                        help="Equal compute: seconds of isolated training each model gets (and wall-clock mode's budget).")
+    parser.add_argument(
+        "--budget_seconds",
+        type=float,
+        default=120.0,
+        help="Equal compute: seconds of isolated training each model gets (and wall-clock mode's budget).",
+    )
     parser.add_argument("--equal_steps", type=int, default=300, help="Optimizer steps of every model in equal-steps.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=256)
@@ -60,8 +65,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads_per_run", type=int, default=1)
     parser.add_argument("--train_args", default="", help="Extra train.py arguments, one string (the recipe).")
     parser.add_argument("--output_dir", default="outputs/accuracy")
-    parser.add_argument("--report_only", action="store_true",
-                        help="Report the runs that finished so far (models with at least 2 seeds), train nothing.")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Report the runs that finished so far (models with at least 2 seeds), train nothing.",
+    )
     parser.add_argument("--from_json", help="Re-render the markdown and plot of an earlier report.json.")
     return parser.parse_args(argv)
 
@@ -85,12 +93,21 @@ def main(argv=None):
                 print(f"Measuring isolated training speed ({args.timing_rounds} interleaved rounds)...")
                 speeds = measure_training_speed(args.models, args.batch_size, args.image_size, args.timing_rounds)
             print("Training images/s: " + ", ".join(f"{m} {v:.2f}" for m, v in speeds.items()))
-        runs = plan_runs(args.models, args.seeds, args.modes, args.batch_size, speeds, args.budget_seconds,
-                         args.equal_steps)
+        runs = plan_runs(
+            args.models, args.seeds, args.modes, args.batch_size, speeds, args.budget_seconds, args.equal_steps
+        )
         train_args = shlex.split(args.train_args)
         commands = {
-            run.name: train_command(run, str(args.dataset_name), output_dir, str(REPO_ROOT / "scripts" / "train.py"),
-                                    args.threads_per_run, args.batch_size, args.image_size, train_args)
+            run.name: train_command(
+                run,
+                str(args.dataset_name),
+                output_dir,
+                str(REPO_ROOT / "scripts" / "train.py"),
+                args.threads_per_run,
+                args.batch_size,
+                args.image_size,
+                train_args,
+            )
             for run in runs
         }
         if not args.report_only:

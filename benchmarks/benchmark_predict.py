@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lale_bench import model_figures, silence_third_party_noise
 from tqdm.auto import tqdm
 
+from lale_bench import model_figures, silence_third_party_noise
 from lale_hf import LaleConfig, LaleForSemanticSegmentation, LaleImageProcessor
 from lale_hf.file_utils import write_atomic
 from lale_hf.inference import export_onnx, load_predictor, predict_file

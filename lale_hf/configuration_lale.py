@@ -184,7 +184,9 @@ class LaleConfig(BackboneConfigMixin, PreTrainedConfig):
     def validate_kernel_size(self):
         """The ConvMixer kernel is odd, so that padding keeps the map size."""
         if self.convmixer_kernel_size < 1 or self.convmixer_kernel_size % 2 == 0:
-            raise ValueError(f"`convmixer_kernel_size` must be a positive odd integer, got {self.convmixer_kernel_size}.")
+            raise ValueError(
+                f"`convmixer_kernel_size` must be a positive odd integer, got {self.convmixer_kernel_size}."
+            )
 
     def validate_probabilities(self):
         """Dropout and drop-path rates lie in [0, 1)."""

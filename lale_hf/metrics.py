@@ -96,7 +96,11 @@ class SegmentationMetrics:
         return reduced
 
     def state_dict(self) -> dict:
-        return {"num_labels": self.num_labels, "ignore_index": self.ignore_index, "confusion_matrix": self.confusion_matrix}
+        return {
+            "num_labels": self.num_labels,
+            "ignore_index": self.ignore_index,
+            "confusion_matrix": self.confusion_matrix,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict, id2label: dict | None = None) -> "SegmentationMetrics":

@@ -60,9 +60,24 @@ sensors, resolutions or scalings need fine-tuning or the same preprocessing.
 """
 
 HYPERPARAMETERS = (
-    "preset", "model_name_or_path", "config_name", "learning_rate", "weight_decay", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "num_train_epochs", "max_train_steps", "max_train_minutes", "lr_scheduler_type",
-    "num_warmup_steps", "loss", "class_weights", "image_size", "include_synthetic", "mixed_precision", "seed",
+    "preset",
+    "model_name_or_path",
+    "config_name",
+    "learning_rate",
+    "weight_decay",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_train_steps",
+    "max_train_minutes",
+    "lr_scheduler_type",
+    "num_warmup_steps",
+    "loss",
+    "class_weights",
+    "image_size",
+    "include_synthetic",
+    "mixed_precision",
+    "seed",
 )
 
 
@@ -126,7 +141,9 @@ def build_model_card(
         dataset_name=dataset_name,
         validation_split=args.get("validation_split", "validation"),
         results=results,
-        headline=[(name, _format(results[key])) for key, (_, name) in metric_names.items() if results.get(key) is not None],
+        headline=[
+            (name, _format(results[key])) for key, (_, name) in metric_names.items() if results.get(key) is not None
+        ],
         per_class=per_class,
         hyperparameters=[(name, _format(args[name])) for name in HYPERPARAMETERS if args.get(name) is not None],
         hardware=hardware,

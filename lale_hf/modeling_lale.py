@@ -118,7 +118,9 @@ class LaleConvMixerLayer(GradientCheckpointingLayer):
         super().__init__()
         kernel_size = config.convmixer_kernel_size
         self.norm1 = LaleRMSNorm2d(hidden_size, config.rms_norm_eps)
-        self.token_mixer = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size)
+        self.token_mixer = nn.Conv2d(
+            hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size
+        )
         self.norm2 = LaleRMSNorm2d(hidden_size, config.rms_norm_eps)
         self.mlp = LaleConvMLP(hidden_size, mlp_ratio)
         self.drop_path = LaleDropPath(drop_path)
@@ -199,7 +201,9 @@ class LaleMLP(nn.Module):
 class LaleTransformerLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block on tokens (B, N, C)."""
 
-    def __init__(self, config: LaleConfig, hidden_size: int, num_attention_heads: int, mlp_ratio: int, drop_path: float):
+    def __init__(
+        self, config: LaleConfig, hidden_size: int, num_attention_heads: int, mlp_ratio: int, drop_path: float
+    ):
         super().__init__()
         self.norm1 = LaleRMSNorm(hidden_size, config.rms_norm_eps)
         self.attention = LaleSelfAttention(config, hidden_size, num_attention_heads)
@@ -250,7 +254,9 @@ class LaleStage(nn.Module):
                 for rate in drop_path_rates
             ]
         else:
-            layers = [LaleConvMixerLayer(config, hidden_size, config.mlp_ratios[stage_idx], rate) for rate in drop_path_rates]
+            layers = [
+                LaleConvMixerLayer(config, hidden_size, config.mlp_ratios[stage_idx], rate) for rate in drop_path_rates
+            ]
         self.layers = nn.ModuleList(layers)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
@@ -438,7 +444,9 @@ class LaleBackbone(BackboneMixin, LalePreTrainedModel):
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
             if stage in self.out_features
         )
-        return BackboneOutput(feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return BackboneOutput(
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 __all__ = ["LaleBackbone", "LaleForSemanticSegmentation", "LaleModel", "LalePreTrainedModel"]

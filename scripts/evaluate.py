@@ -43,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument(
-        "--ignore_label_names", action="store_true",
+        "--ignore_label_names",
+        action="store_true",
         help="Evaluate although the model's class names differ from the dataset's (scores keep the dataset's names).",
     )
     parser.add_argument("--output_dir", required=True)
@@ -89,8 +90,11 @@ def run(args):
         args.model_name_or_path, model.config.model_type, args.image_size, args.trust_remote_code
     )
     dataset = SegmentationDataset(
-        first_samples(splits[args.split], args.max_eval_samples), args.image_size,
-        preprocessing=preprocessing_from_processor(processor), num_labels=len(id2label), split_name=args.split,
+        first_samples(splits[args.split], args.max_eval_samples),
+        args.image_size,
+        preprocessing=preprocessing_from_processor(processor),
+        num_labels=len(id2label),
+        split_name=args.split,
     )
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
@@ -102,17 +106,24 @@ def run(args):
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix_plot(results["confusion_matrix"], id2label, output_dir / "confusion_matrix.png")
-        summary = json_ready({
-            **results, "split": args.split, "model": args.model_name_or_path, "num_processes": accelerator.num_processes
-        })
+        summary = json_ready(
+            {
+                **results,
+                "split": args.split,
+                "model": args.model_name_or_path,
+                "num_processes": accelerator.num_processes,
+            }
+        )
         write_atomic(output_dir / "eval_results.json", json.dumps(summary, indent=2))
         width = max(len(name) for name in id2label.values())
         print(f"{args.split}: {results['num_samples']} samples")
         print(f"{'class':<{width}}  F1      IoU")
         for name in id2label.values():
             print(f"{name:<{width}}  {results[f'eval_f1_{name}']:.4f}  {results[f'eval_iou_{name}']:.4f}")
-        print(f"macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}; "
-              f"results in {output_dir / 'eval_results.json'}, plot in {output_dir / 'confusion_matrix.png'}")
+        print(
+            f"macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}; "
+            f"results in {output_dir / 'eval_results.json'}, plot in {output_dir / 'confusion_matrix.png'}"
+        )
     accelerator.wait_for_everyone()
     # Closes the process group before exit: a rank leaving with gloo's threads alive can abort
     # ("terminate called without an active exception").

@@ -54,7 +54,9 @@ def parse_args():
         "--overlap", type=float, default=0.25, help="Overlap of neighbouring tiles, fraction of a tile."
     )
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--preview_size", type=positive_int, default=2048, help="Longest side of the colourised preview.")
+    parser.add_argument(
+        "--preview_size", type=positive_int, default=2048, help="Longest side of the colourised preview."
+    )
     parser.add_argument("--num_threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
     parser.add_argument(
         "--torch_compile",

@@ -69,7 +69,10 @@ def parse_args():
         help="With --overwrite: replace --output_dir even if this tool did not write it.",
     )
     parser.add_argument(
-        "--max_shard_size", type=positive_int, default=DEFAULT_MAX_SHARD_SIZE, help="Target size of one Parquet shard, in bytes."
+        "--max_shard_size",
+        type=positive_int,
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help="Target size of one Parquet shard, in bytes.",
     )
     parser.add_argument(
         "--max_image_pixels",

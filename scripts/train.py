@@ -77,17 +77,24 @@ def checkpoint_interval(text: str) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", required=True, help="A Hub dataset id or a folder written by prepare_aras400k.py.")
+    data.add_argument(
+        "--dataset_name", required=True, help="A Hub dataset id or a folder written by prepare_aras400k.py."
+    )
     data.add_argument("--train_split", default="train")
     data.add_argument("--validation_split", default="validation")
-    data.add_argument("--include_synthetic", action="store_true", help="Train on train + synthetic, as the ARAS400k paper.")
+    data.add_argument(
+        "--include_synthetic", action="store_true", help="Train on train + synthetic, as the ARAS400k paper."
+    )
     data.add_argument("--synthetic_split", default="synthetic")
     data.add_argument("--max_train_samples", type=positive_int)
     data.add_argument("--max_eval_samples", type=positive_int)
     data.add_argument("--image_size", type=positive_int, default=256)
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
-    data.add_argument("--streaming", action="store_true",
-                      help="Stream the training splits (sharded per process); needs --max_train_steps.")
+    data.add_argument(
+        "--streaming",
+        action="store_true",
+        help="Stream the training splits (sharded per process); needs --max_train_steps.",
+    )
     data.add_argument("--shuffle_buffer_size", type=positive_int, default=1000, help="Shuffle buffer of --streaming.")
     data.add_argument("--no_augmentation", action="store_true", help="Disable flips/rotations, scale/crop, jitter.")
     data.add_argument("--scale_range", type=positive_float, nargs=2, default=(0.75, 1.5))
@@ -98,7 +105,8 @@ def parse_args(argv=None):
     model.add_argument("--config_name", help="Train from scratch from the config JSON of any segmentation model.")
     model.add_argument("--ignore_mismatched_sizes", action="store_true", help="Re-initialise a head of another size.")
     model.add_argument(
-        "--ignore_label_names", action="store_true",
+        "--ignore_label_names",
+        action="store_true",
         help="Fine-tune a checkpoint whose class names differ from the dataset's (its head is relabelled as is). "
         "Without it, other names are an error, and the same names in another order reorder the head by name.",
     )
@@ -113,43 +121,70 @@ def parse_args(argv=None):
     optim.add_argument("--num_train_epochs", type=positive_int, default=20)
     optim.add_argument("--max_train_steps", type=positive_int, help="Overrides --num_train_epochs.")
     optim.add_argument(
-        "--max_train_minutes", type=positive_float,
+        "--max_train_minutes",
+        type=positive_float,
         help="Time budget of the training steps (evaluations and checkpoints come on top). The run times its steps "
         "inside the warm-up, fixes the step count that fills the budget (agreed by all processes) and decays the "
         "learning rate to that step, so the budget ends on a converged model, not mid-schedule.",
     )
-    optim.add_argument("--budget_timing_steps", type=positive_int, default=10,
-                       help="Steps timed to plan a --max_train_minutes run (after 5 untimed ones).")
+    optim.add_argument(
+        "--budget_timing_steps",
+        type=positive_int,
+        default=10,
+        help="Steps timed to plan a --max_train_minutes run (after 5 untimed ones).",
+    )
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0)
-    optim.add_argument("--lr_scheduler_type", default="cosine", choices=SCHEDULES,
-                       help="Decay to 0 at the last step (cosine by default; see docs/accuracy.md).")
-    optim.add_argument("--num_warmup_steps", type=non_negative_int, default=20,
-                       help="Linear warm-up; a --max_train_minutes run times its speed inside it.")
+    optim.add_argument(
+        "--lr_scheduler_type",
+        default="cosine",
+        choices=SCHEDULES,
+        help="Decay to 0 at the last step (cosine by default; see docs/accuracy.md).",
+    )
+    optim.add_argument(
+        "--num_warmup_steps",
+        type=non_negative_int,
+        default=20,
+        help="Linear warm-up; a --max_train_minutes run times its speed inside it.",
+    )
     optim.add_argument("--loss", default="ce", choices=LOSSES)
     optim.add_argument("--label_smoothing", type=unit_interval, default=0.0)
     optim.add_argument(
-        "--class_weights", nargs="+",
+        "--class_weights",
+        nargs="+",
         help="'auto' (inverse square-root pixel frequency of the training split) or one loss weight per class.",
     )
-    optim.add_argument("--ema_decay", type=unit_interval,
-                       help="Keep an exponential moving average of the weights; it is evaluated and saved.")
+    optim.add_argument(
+        "--ema_decay",
+        type=unit_interval,
+        help="Keep an exponential moving average of the weights; it is evaluated and saved.",
+    )
     optim.add_argument("--channels_last", action="store_true", help="Train in channels-last memory format.")
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Defaults to accelerate's config.")
     optim.add_argument("--seed", type=non_negative_int, default=42)
 
     run = parser.add_argument_group("evaluation, checkpoints, output")
     run.add_argument("--eval_steps", type=positive_int, help="Evaluate every N optimizer steps (default: every epoch).")
-    run.add_argument("--eval_from_step", type=non_negative_int, default=0,
-                     help="With --eval_steps: evaluate only from this step on (the end of a run is what matters).")
-    run.add_argument("--eval_image_size", type=positive_int,
-                     help="Evaluate on patches of this size (default --image_size), e.g. whole 256 patches after "
-                     "training on 128 crops.")
+    run.add_argument(
+        "--eval_from_step",
+        type=non_negative_int,
+        default=0,
+        help="With --eval_steps: evaluate only from this step on (the end of a run is what matters).",
+    )
+    run.add_argument(
+        "--eval_image_size",
+        type=positive_int,
+        help="Evaluate on patches of this size (default --image_size), e.g. whole 256 patches after "
+        "training on 128 crops.",
+    )
     run.add_argument("--checkpointing_steps", type=checkpoint_interval, help="'epoch' or a number of optimizer steps.")
     run.add_argument("--checkpoints_total_limit", type=positive_int, help="Keep only the newest N step checkpoints.")
     run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder.")
-    run.add_argument("--allow_inexact_resume", action="store_true",
-                     help="Resume although the checkpoint lacks a process's RNG state (the run will not reproduce).")
+    run.add_argument(
+        "--allow_inexact_resume",
+        action="store_true",
+        help="Resume although the checkpoint lacks a process's RNG state (the run will not reproduce).",
+    )
     run.add_argument("--output_dir", required=True)
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard")
@@ -168,9 +203,13 @@ def parse_args(argv=None):
         parser.error("give exactly one of --preset, --model_name_or_path, --config_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. org/lale-tiny)")
-    if args.streaming and (args.max_train_steps is None or args.checkpointing_steps == "epoch" or args.max_train_samples):
-        parser.error("--streaming needs --max_train_steps (a stream has no length), and takes neither "
-                     "--checkpointing_steps epoch nor --max_train_samples")
+    if args.streaming and (
+        args.max_train_steps is None or args.checkpointing_steps == "epoch" or args.max_train_samples
+    ):
+        parser.error(
+            "--streaming needs --max_train_steps (a stream has no length), and takes neither "
+            "--checkpointing_steps epoch nor --max_train_samples"
+        )
     if args.class_weights and args.class_weights != ["auto"]:
         try:
             args.class_weights = [non_negative_float(value) for value in args.class_weights]
@@ -197,15 +236,20 @@ def build_model(args, id2label):
         )
     if config.num_labels != len(id2label):  # --ignore_mismatched_sizes: a new head, named by the dataset
         return AutoModelForSemanticSegmentation.from_pretrained(
-            args.model_name_or_path, id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, trust_remote_code=args.trust_remote_code,
+            args.model_name_or_path,
+            id2label=id2label,
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+            trust_remote_code=args.trust_remote_code,
             use_safetensors=True,
         )
     # Weights are read as safetensors only: a pickled checkpoint is refused, never unpickled.
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, trust_remote_code=args.trust_remote_code, use_safetensors=True
     )
-    logger.info(f"  Classes: {align_classes_by_name(model, id2label, args.model_name_or_path, args.ignore_label_names)}")
+    logger.info(
+        f"  Classes: {align_classes_by_name(model, id2label, args.model_name_or_path, args.ignore_label_names)}"
+    )
     return model
 
 
@@ -246,7 +290,9 @@ def train(args):
         train_split = datasets.concatenate_datasets([streams[s] for s in train_splits])
     else:
         splits, id2label = load_segmentation_splits(args.dataset_name, [*train_splits, args.validation_split])
-        train_split = first_samples(datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples)
+        train_split = first_samples(
+            datasets.concatenate_datasets([splits[s] for s in train_splits]), args.max_train_samples
+        )
     eval_split = first_samples(splits[args.validation_split], args.max_eval_samples)
     num_labels = len(id2label)
     if args.class_weights and args.class_weights != ["auto"] and len(args.class_weights) != num_labels:
@@ -272,42 +318,68 @@ def train(args):
     # The model's own processor: training feeds what it would be fed at prediction, and it is saved with the model.
     # Sized for whole patches (--eval_image_size) when training on crops: prediction sees patches, not crops.
     processor = training_image_processor(
-        args.model_name_or_path or args.config_name, model.config.model_type,
-        args.eval_image_size or args.image_size, args.trust_remote_code,
+        args.model_name_or_path or args.config_name,
+        model.config.model_type,
+        args.eval_image_size or args.image_size,
+        args.trust_remote_code,
     )
     preprocessing = preprocessing_from_processor(processor)
-    augmentation = None if args.no_augmentation else OverheadAugmentation(
-        crop_size=args.image_size, scale_range=tuple(args.scale_range), ignore_index=255
+    augmentation = (
+        None
+        if args.no_augmentation
+        else OverheadAugmentation(crop_size=args.image_size, scale_range=tuple(args.scale_range), ignore_index=255)
     )
     if args.streaming:
         train_dataset = StreamingSegmentationDataset(
-            train_split, args.image_size, augmentation, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-            process_index=accelerator.process_index, num_processes=accelerator.num_processes,
-            preprocessing=preprocessing, num_labels=num_labels,
+            train_split,
+            args.image_size,
+            augmentation,
+            seed=args.seed,
+            shuffle_buffer_size=args.shuffle_buffer_size,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            preprocessing=preprocessing,
+            num_labels=num_labels,
         )
     else:
         train_dataset = SegmentationDataset(
-            train_split, args.image_size, augmentation, seed=args.seed, preprocessing=preprocessing,
+            train_split,
+            args.image_size,
+            augmentation,
+            seed=args.seed,
+            preprocessing=preprocessing,
             num_labels=num_labels,
         )
     eval_dataset = SegmentationDataset(
-        eval_split, args.eval_image_size or args.image_size, preprocessing=preprocessing, num_labels=num_labels,
+        eval_split,
+        args.eval_image_size or args.image_size,
+        preprocessing=preprocessing,
+        num_labels=num_labels,
         split_name=args.validation_split,
     )
     # Own generators: creating a loader iterator must not draw from the global RNG that dropout and drop-path use,
     # or a resumed run (which creates one more iterator) would diverge from an uninterrupted one.
     train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, shuffle=not args.streaming, drop_last=True,
-        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=not args.streaming,
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = torch.utils.data.DataLoader(
-        eval_dataset, batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+        eval_dataset,
+        batch_size=args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed),
     )
 
     no_decay = ("bias", "norm", "scale")
     parameter_groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
+        {
+            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+            "weight_decay": args.weight_decay,
+        },
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate)
@@ -316,7 +388,9 @@ def train(args):
         # A stream has no length: epochs run until the step budget is spent.
         max_train_steps, num_train_epochs, steps_per_epoch = args.max_train_steps, args.max_train_steps, None
     else:
-        steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(
+            len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
+        )
         if steps_per_epoch == 0:
             raise TrainingError("the training split is smaller than one batch per process")
         if args.max_train_steps is not None:
@@ -328,12 +402,17 @@ def train(args):
         num_train_epochs = math.ceil(max_train_steps / steps_per_epoch) if max_train_steps else 10**9
     # accelerate steps a prepared scheduler once per process for every optimizer step.
     lr_scheduler = StepSchedule(
-        optimizer, args.num_warmup_steps, args.lr_scheduler_type, planned_steps=max_train_steps,
+        optimizer,
+        args.num_warmup_steps,
+        args.lr_scheduler_type,
+        planned_steps=max_train_steps,
         steps_per_update=accelerator.num_processes,
     )
     if args.streaming:
         # The stream is already sharded per process; accelerate would shard it again.
-        model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, eval_dataloader, lr_scheduler)
+        model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(
+            model, optimizer, eval_dataloader, lr_scheduler
+        )
     else:
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
             model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
@@ -357,7 +436,8 @@ def train(args):
     accelerator.wait_for_everyone()
     if args.resume_from_checkpoint:
         checkpoint = (
-            (list_checkpoints(output_dir) or [None])[-1] if args.resume_from_checkpoint == "latest"
+            (list_checkpoints(output_dir) or [None])[-1]
+            if args.resume_from_checkpoint == "latest"
             else Path(args.resume_from_checkpoint)
         )
         if checkpoint is None or not checkpoint.is_dir():
@@ -372,8 +452,10 @@ def train(args):
                 "pass --allow_inexact_resume to resume anyway"
             )
         if missing_rng:
-            logger.warning(f"Resuming from {checkpoint} without its RNG state: the run will not reproduce exactly",
-                           main_process_only=False)
+            logger.warning(
+                f"Resuming from {checkpoint} without its RNG state: the run will not reproduce exactly",
+                main_process_only=False,
+            )
         accelerator.load_state(str(checkpoint))
         state = TrainingState.load(checkpoint)
         max_train_steps = schedule.planned_steps
@@ -408,8 +490,11 @@ def train(args):
                 f"mIoU {results['eval_mean_iou']:.4f}"
             )
             state.eval_history.append(
-                {"step": state.completed_steps, "eval_macro_f1": results["eval_macro_f1"],
-                 "eval_mean_iou": results["eval_mean_iou"]}
+                {
+                    "step": state.completed_steps,
+                    "eval_macro_f1": results["eval_macro_f1"],
+                    "eval_mean_iou": results["eval_mean_iou"],
+                }
             )
             if args.with_tracking:
                 accelerator.log({k: v for k, v in results.items() if isinstance(v, float)}, step=state.completed_steps)
@@ -445,24 +530,31 @@ def train(args):
         """Turns the rest of the time budget into a step count; every process takes the smallest estimate."""
         timed_steps = state.completed_steps - BUDGET_UNTIMED_STEPS
         estimate = planned_total_steps(
-            state.completed_steps, state.train_seconds - state.budget_timing_start, timed_steps,
-            state.train_seconds, args.max_train_minutes * 60,
+            state.completed_steps,
+            state.train_seconds - state.budget_timing_start,
+            timed_steps,
+            state.train_seconds,
+            args.max_train_minutes * 60,
         )
         estimates = accelerator.gather(torch.tensor([estimate], device=accelerator.device))
         planned = max(state.completed_steps, int(estimates.min().item()))
-        logger.info(f"Planned steps of the time budget: {planned} (this process estimated {estimate})",
-                    main_process_only=False)
+        logger.info(
+            f"Planned steps of the time budget: {planned} (this process estimated {estimate})", main_process_only=False
+        )
         return planned
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     num_examples = "streamed" if args.streaming else len(train_dataset)
-    logger.info(f"  Num examples = {num_examples}, total batch = {total_batch_size}, steps per epoch = {steps_per_epoch}")
+    logger.info(
+        f"  Num examples = {num_examples}, total batch = {total_batch_size}, steps per epoch = {steps_per_epoch}"
+    )
     logger.info(f"  Optimization steps = {max_train_steps or 'fixed from the time budget after the first steps'}")
     budget_seconds = args.max_train_minutes * 60 if args.max_train_minutes is not None else None
     # A time budget shows a bar in seconds until its step count is fixed (a step bar would show 10^9 steps).
     progress_bar = tqdm(
-        total=max_train_steps if max_train_steps else round(budget_seconds), initial=state.completed_steps
-        if max_train_steps else round(state.train_seconds), unit="step" if max_train_steps else "s",
+        total=max_train_steps if max_train_steps else round(budget_seconds),
+        initial=state.completed_steps if max_train_steps else round(state.train_seconds),
+        unit="step" if max_train_steps else "s",
         disable=not accelerator.is_local_main_process,
     )
     stop_reason = "epochs"
@@ -514,7 +606,9 @@ def train(args):
                 progress_bar.refresh()
             progress_bar.set_postfix(loss=f"{state.loss_history[-1]:.4f}", step=state.completed_steps)
             if args.with_tracking:
-                accelerator.log({"train_loss": state.loss_history[-1], "lr": state.learning_rate_last}, step=state.completed_steps)
+                accelerator.log(
+                    {"train_loss": state.loss_history[-1], "lr": state.learning_rate_last}, step=state.completed_steps
+                )
             if budget_seconds is not None and max_train_steps is None:
                 if state.completed_steps == BUDGET_UNTIMED_STEPS:
                     state.budget_timing_start = state.train_seconds
@@ -527,17 +621,31 @@ def train(args):
                         f"measured {args.budget_timing_steps / (state.train_seconds - state.budget_timing_start):.3f} steps/s"
                     )
                     progress_bar.close()
-                    progress_bar = tqdm(total=max_train_steps, initial=state.completed_steps, unit="step",
-                                        disable=not accelerator.is_local_main_process)
-            if (args.eval_steps and state.completed_steps % args.eval_steps == 0
-                    and state.completed_steps >= args.eval_from_step):
+                    progress_bar = tqdm(
+                        total=max_train_steps,
+                        initial=state.completed_steps,
+                        unit="step",
+                        disable=not accelerator.is_local_main_process,
+                    )
+            if (
+                args.eval_steps
+                and state.completed_steps % args.eval_steps == 0
+                and state.completed_steps >= args.eval_from_step
+            ):
                 run_evaluation()
                 model.train()
-            if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
+            if (
+                args.checkpointing_steps not in (None, "epoch")
+                and state.completed_steps % int(args.checkpointing_steps) == 0
+            ):
                 save_checkpoint()
             step_clock = time.monotonic()
             if max_train_steps and state.completed_steps >= max_train_steps:
-                stop_reason = "time budget (planned steps)" if args.max_train_steps is None and budget_seconds else "max_train_steps"
+                stop_reason = (
+                    "time budget (planned steps)"
+                    if args.max_train_steps is None and budget_seconds
+                    else "max_train_steps"
+                )
                 break
             if budget_seconds is not None:
                 # A safety net if the machine slows down after planning. Every process must agree, or one would
@@ -558,7 +666,11 @@ def train(args):
         break
     progress_bar.close()
 
-    results = run_evaluation() if state.last_eval is None or state.last_eval["step"] != state.completed_steps else state.last_eval
+    results = (
+        run_evaluation()
+        if state.last_eval is None or state.last_eval["step"] != state.completed_steps
+        else state.last_eval
+    )
     last_scores = [entry["eval_macro_f1"] for entry in state.eval_history[-5:]]
     results = {
         **json_ready({k: v for k, v in results.items() if k != "confusion_matrix"}),
@@ -589,13 +701,18 @@ def train(args):
         processor.save_pretrained(staging)
         publish_files(staging, output_dir)
         card = build_model_card(
-            results=results, args=tracked_hyperparameters(vars(args)), config=unwrapped.config,
-            num_parameters=unwrapped.num_parameters(), num_processes=accelerator.num_processes,
+            results=results,
+            args=tracked_hyperparameters(vars(args)),
+            config=unwrapped.config,
+            num_parameters=unwrapped.num_parameters(),
+            num_processes=accelerator.num_processes,
             device=str(accelerator.device),
         )
         card.save(output_dir / "README.md")
         write_atomic(output_dir / "all_results.json", json.dumps(results, indent=2))
-        accelerator.print(f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}")
+        accelerator.print(
+            f"Saved model to {output_dir}: macro F1 {results['eval_macro_f1']:.4f}, mIoU {results['eval_mean_iou']:.4f}"
+        )
         if args.push_to_hub:
             try:
                 push_folder(args, output_dir, f"Training finished: step {state.completed_steps}")
@@ -628,7 +745,12 @@ def push_folder(args, folder, message, attempts: int = PUSH_ATTEMPTS):
         try:
             # token=None takes HF_TOKEN or the cached login.
             return hub_utils.push_folder(
-                folder, args.hub_model_id, "model", message, token=args.hub_token, private=args.hub_private_repo,
+                folder,
+                args.hub_model_id,
+                "model",
+                message,
+                token=args.hub_token,
+                private=args.hub_private_repo,
                 allow_patterns=push_allow_patterns(folder),
             )
         except Exception as error:  # noqa: BLE001 (any client or network error is retried)

@@ -32,6 +32,19 @@ def s2glc_sample() -> Path:
     return S2GLC_SAMPLE
 
 
+@pytest.fixture(scope="session")
+def s2glc_dataset(s2glc_sample, tmp_path_factory) -> Path:
+    """The real sample's train/ and val/ folders converted once per session by the project's own converter.
+
+    Tests read it; one that needs to change it copies it first.
+    """
+    from lale_hf.data import convert_aras400k
+
+    output = tmp_path_factory.mktemp("s2glc") / "dataset"
+    convert_aras400k(s2glc_sample, output, verify_md5=False, num_proc=1)
+    return output
+
+
 @pytest.fixture
 def clean_env() -> dict:
     """Environment for subprocesses: offline, the session's HF_HOME, no way to import lale_hf by accident."""

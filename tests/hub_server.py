@@ -53,9 +53,21 @@ LFS_POINTER_RE = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\noid
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Keys of a plain ASGI HTTP scope: what olah gets, without the routing state of the outer app.
 ASGI_SCOPE_KEYS = {
-    "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path",
-    "query_string", "headers", "client", "server", "state", "extensions",
-}  # fmt: skip
+    "type",
+    "asgi",
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "root_path",
+    "query_string",
+    "headers",
+    "client",
+    "server",
+    "state",
+    "extensions",
+}
 
 
 class HubError(Exception):
@@ -430,10 +442,15 @@ def make_app(root: Path, olah_app) -> FastAPI:
         for record in filter(None, log.decode().split("\0")):
             oid, author, stamp, title, body = record.split("\x1f")
             date = datetime.datetime.fromtimestamp(int(stamp), datetime.timezone.utc)
-            items.append({
-                "id": oid, "title": title, "message": body.strip(), "authors": [{"user": author, "avatar": None}],
-                "date": date.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            })  # fmt: skip
+            items.append(
+                {
+                    "id": oid,
+                    "title": title,
+                    "message": body.strip(),
+                    "authors": [{"user": author, "avatar": None}],
+                    "date": date.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                }
+            )
         return items
 
     def resolve_file(kind: str, repo_id: str, revision: str, path: str, request: Request):
@@ -477,11 +494,17 @@ def main() -> None:
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # Git must not depend on the user's configuration (identity, signing, hooks): CI machines differ.
-    os.environ.update({
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": USER, "GIT_AUTHOR_EMAIL": f"{USER}@127.0.0.1",
-        "GIT_COMMITTER_NAME": USER, "GIT_COMMITTER_EMAIL": f"{USER}@127.0.0.1",
-    })  # fmt: skip
+    os.environ.update(
+        {
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": USER,
+            "GIT_AUTHOR_EMAIL": f"{USER}@127.0.0.1",
+            "GIT_COMMITTER_NAME": USER,
+            "GIT_COMMITTER_EMAIL": f"{USER}@127.0.0.1",
+        }
+    )
 
     # Bound but never listening: connections to it are refused at once, so olah cannot reach any real Hub.
     upstream = socket.socket()

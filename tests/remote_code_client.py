@@ -40,9 +40,7 @@ with torch.no_grad():
     encoder_output = encoder(pixel_values).last_hidden_state
 segmenter = pipeline("image-segmentation", model=model_id, trust_remote_code=True)
 segments = segmenter(image)
-save_file(
-    {"logits": logits, "processed_logits": processed_logits, "encoder_output": encoder_output}, outputs_path
-)
+save_file({"logits": logits, "processed_logits": processed_logits, "encoder_output": encoder_output}, outputs_path)
 print(
     json.dumps(
         {

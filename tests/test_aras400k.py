@@ -478,8 +478,10 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_sweeps_its_staging(s2
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     parent = subprocess.Popen(
         [sys.executable, "-c", SLOW_SHARDS, str(zips), str(output), str(started)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     workers = []
     try:
         deadline = time.monotonic() + 120
@@ -731,8 +733,11 @@ def test_command_line_reports_bad_input_and_converts(s2glc_sample, tmp_path):
     zip_bytes = (zips / "val.zip").read_bytes()
     refused = subprocess.run(
         [*script, "--input_dir", str(zips), "--output_dir", str(zips / "val.zip"), "--overwrite", "--overwrite_any"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 2 and f"error: --output_dir {zips / 'val.zip'} is the input" in refused.stderr
     assert (zips / "val.zip").read_bytes() == zip_bytes
 

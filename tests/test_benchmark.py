@@ -50,6 +50,7 @@ from lale_bench import (  # noqa: E402
     summarize,
 )
 
+
 # Tiny settings for the script: correctness, not timing.
 TINY_RUN = (
     "--image_size 32 --inference_batch_sizes 1 2 --train_batch_size 2 --rounds 2 --warmup_calls 1 --min_seconds 0 "

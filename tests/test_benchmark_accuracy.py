@@ -44,8 +44,15 @@ def test_paired_comparison_uses_differences_per_seed():
 
 def test_equal_compute_gives_each_model_the_steps_of_its_own_speed_and_shares_identical_runs():
     speeds = {"a": 40.0, "b": 10.0}
-    runs = plan_runs(["a", "b"], [0, 1], ["equal-compute", "equal-steps"], batch_size=8, speeds=speeds,
-                     budget_seconds=100.0, equal_steps=125)
+    runs = plan_runs(
+        ["a", "b"],
+        [0, 1],
+        ["equal-compute", "equal-steps"],
+        batch_size=8,
+        speeds=speeds,
+        budget_seconds=100.0,
+        equal_steps=125,
+    )
     compute = {(r.model, r.seed): r.steps for r in runs if r.mode == "equal-compute"}
     assert compute == {("a", 0): 500, ("b", 0): 125, ("a", 1): 500, ("b", 1): 125}
     assert [r.model for r in runs[:2]] == ["a", "b"]  # seed by seed
@@ -57,9 +64,19 @@ def test_equal_compute_gives_each_model_the_steps_of_its_own_speed_and_shares_id
 
 def test_summary_and_markdown_of_a_comparison():
     records = [
-        {"mode": "equal-steps", "model": model, "seed": seed, "steps": 10, "minutes": None, "train_steps": 10,
-         "eval_macro_f1": f1, "eval_mean_iou": f1 - 0.1, "eval_macro_f1_spread_last5": 0.01,
-         "train_runtime_seconds": 1.0, "eval_history": []}
+        {
+            "mode": "equal-steps",
+            "model": model,
+            "seed": seed,
+            "steps": 10,
+            "minutes": None,
+            "train_steps": 10,
+            "eval_macro_f1": f1,
+            "eval_mean_iou": f1 - 0.1,
+            "eval_macro_f1_spread_last5": 0.01,
+            "train_runtime_seconds": 1.0,
+            "eval_history": [],
+        }
         for model, scores in (("a", (0.5, 0.6, 0.7)), ("b", (0.4, 0.5, 0.6)))
         for seed, f1 in enumerate(scores)
     ]
@@ -69,7 +86,13 @@ def test_summary_and_markdown_of_a_comparison():
     assert block["models"]["a"]["eval_macro_f1"]["mean"] == pytest.approx(0.6)
     assert block["models"]["a"]["train_tflops"] == [pytest.approx(10 * 4 * 2.0 / 1e3)] * 3
     assert block["pairs"]["a vs b"]["eval_macro_f1"]["mean"] == pytest.approx(0.1)
-    report = {"created": "now", "command": "x", "machine": "y", "settings": {"batch_size": 4}, "speeds": None,
-              "summary": summary}
+    report = {
+        "created": "now",
+        "command": "x",
+        "machine": "y",
+        "settings": {"batch_size": 4},
+        "speeds": None,
+        "summary": summary,
+    }
     markdown = render_markdown(report)
     assert "| a vs b | 10.0 ± 0.0" in markdown and "| a | 1.000 | 0.500 | 10 |" in markdown

@@ -163,10 +163,22 @@ def test_overwrite_with_bad_input_leaves_the_old_dataset_byte_for_byte(s2glc_sam
     Image.fromarray(colours).save(mask_path)
 
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "prepare_aras400k.py"), "--input_dir", str(bad),
-         "--output_dir", str(converted), "--overwrite", "--num_proc", "2"],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "prepare_aras400k.py"),
+            "--input_dir",
+            str(bad),
+            "--output_dir",
+            str(converted),
+            "--overwrite",
+            "--num_proc",
+            "2",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"masks/{mask_path.name}" in result.stderr and "(1, 2, 3): 20 px" in result.stderr
     assert fingerprint(converted) == before

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from safetensors.numpy import save_file
-
 from hub_fixtures import SERVER_SCRIPT, running_hub_server
+from safetensors.numpy import save_file
 
 
 def run_client(hub_server, code: str, *args: str, extra: dict | None = None, cwd: Path | None = None):
@@ -241,7 +240,7 @@ def test_writes_need_a_token(hub_server):
     assert not hub_server.repo_path("hubtest/anonymous").exists()
 
 
-REMOTE_CODE = '''
+REMOTE_CODE = """
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 
@@ -251,7 +250,7 @@ class TinySegConfig(SegformerConfig):
 
 class TinySegForSemanticSegmentation(SegformerForSemanticSegmentation):
     config_class = TinySegConfig
-'''
+"""
 
 PUSH_MODEL = """
     import json, sys, torch

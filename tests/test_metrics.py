@@ -217,7 +217,9 @@ def test_per_sample_matrices_sum_to_the_streamed_matrix():
     assert per_sample.shape == (6, 7, 7)
     streamed = SegmentationMetrics(7).update(predictions, references)
     assert torch.equal(per_sample.sum(dim=0), streamed.confusion_matrix[:, :7])
-    assert torch.equal(per_sample[1], SegmentationMetrics(7).update(predictions[1], references[1]).confusion_matrix[:, :7])
+    assert torch.equal(
+        per_sample[1], SegmentationMetrics(7).update(predictions[1], references[1]).confusion_matrix[:, :7]
+    )
     assert metrics_from_confusion_matrix(per_sample.sum(dim=0)) == streamed.compute()
     with pytest.raises(ValueError, match=r"class indices in \[0, 7\)"):
         confusion_matrix_per_sample(torch.full((1, 2, 2), 9), torch.zeros(1, 2, 2, dtype=torch.long), 7)

@@ -24,8 +24,16 @@ from lale_bench import model_figures  # noqa: E402
 
 
 PRESETS = ("lale-tiny", "lale-small", "lale-base")
-SECTIONS = ("## Usage", "## Architecture", "## Efficiency", "## Training", "## Evaluation", "## Intended use",
-            "## Limitations", "## Citation")
+SECTIONS = (
+    "## Usage",
+    "## Architecture",
+    "## Efficiency",
+    "## Training",
+    "## Evaluation",
+    "## Intended use",
+    "## Limitations",
+    "## Citation",
+)
 CODE_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -69,9 +77,13 @@ def test_card_figures_match_the_preset(name):
     def row(values):
         return " / ".join(map(str, values))
 
-    for label, values in (("stage widths", config.hidden_sizes), ("stage depths", config.depths),
-                          ("block types", config.block_types), ("attention heads (transformer stages)", config.num_attention_heads),
-                          ("MLP ratios", config.mlp_ratios)):
+    for label, values in (
+        ("stage widths", config.hidden_sizes),
+        ("stage depths", config.depths),
+        ("block types", config.block_types),
+        ("attention heads (transformer stages)", config.num_attention_heads),
+        ("MLP ratios", config.mlp_ratios),
+    ):
         assert f"| {label} | {row(values)} |" in text, label
     assert f"| decoder width | {config.decoder_hidden_size} |" in text
     assert f"| stem | two 3x3 stride-2 convolutions, width {config.stem_hidden_size} |" in text
@@ -132,8 +144,15 @@ def test_usage_snippets_run_against_cached_checkpoints(s2glc_sample, tmp_path, c
         (work / "scripts").symlink_to(REPO_ROOT / "scripts")
         (work / "patch.png").write_bytes((s2glc_sample / "val" / "images" / "s2glc_00280.png").read_bytes())
         with rasterio.open(
-            work / "scene.tif", "w", driver="GTiff", height=200, width=512, count=4, dtype="uint16",
-            crs="EPSG:32632", transform=from_origin(400000.0, 5100000.0, 10.0, 10.0),
+            work / "scene.tif",
+            "w",
+            driver="GTiff",
+            height=200,
+            width=512,
+            count=4,
+            dtype="uint16",
+            crs="EPSG:32632",
+            transform=from_origin(400000.0, 5100000.0, 10.0, 10.0),
         ) as dataset:
             dataset.write(scene)
         cards.append({"name": name, "folder": str(work), "blocks": blocks})
@@ -143,7 +162,10 @@ def test_usage_snippets_run_against_cached_checkpoints(s2glc_sample, tmp_path, c
     env = {**clean_env, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cards.json")],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     for name in PRESETS:

@@ -4,8 +4,14 @@ import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file
-from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation, UperNetConfig
-from transformers import UperNetForSemanticSegmentation
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
 
 from lale_hf import LALE_PRESETS, LaleBackbone, LaleConfig, LaleForSemanticSegmentation, LaleModel
 from lale_hf.modeling_lale import LaleStarReLU

@@ -26,7 +26,11 @@ def run_client(model_id: str, image: Path, workdir: Path, env: dict) -> tuple[di
     save_file({"pixel_values": pixel_values}, workdir / "inputs.safetensors")
     result = subprocess.run(
         [sys.executable, str(CLIENT), model_id, "inputs.safetensors", "outputs.safetensors", str(image)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -56,7 +60,9 @@ def test_remote_code_without_the_package_matches_the_package(lale_tiny_checkpoin
     assert report["segments"] and all(s["size"] == [256, 256] for s in report["segments"])
 
 
-def test_literal_hub_id_loads_offline_from_the_cache(cached_lale_tiny, lale_tiny_checkpoint, s2glc_sample, tmp_path, clean_env):
+def test_literal_hub_id_loads_offline_from_the_cache(
+    cached_lale_tiny, lale_tiny_checkpoint, s2glc_sample, tmp_path, clean_env
+):
     model = LaleForSemanticSegmentation.from_pretrained("org/lale-tiny").eval()
     reference = LaleForSemanticSegmentation.from_pretrained(lale_tiny_checkpoint).eval()
     pixel_values = torch.randn(1, 3, 64, 64)

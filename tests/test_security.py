@@ -34,11 +34,17 @@ def test_checkpoint_code_does_not_run_without_trust_remote_code(tmp_path):
     marker = tmp_path / "executed"
     (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     (folder / "configuration_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil-seg",
-        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",
-                     "AutoModelForSemanticSegmentation": "modeling_evil.EvilModel"},
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil-seg",
+                "auto_map": {
+                    "AutoConfig": "configuration_evil.EvilConfig",
+                    "AutoModelForSemanticSegmentation": "modeling_evil.EvilModel",
+                },
+            }
+        )
+    )
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_predictor(str(folder))
     assert not marker.exists()

@@ -15,23 +15,24 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from lale_hf import LaleForSemanticSegmentation
-from lale_hf.data import convert_aras400k
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 SMALL_RUN = [
-    "--preset", "lale-tiny", "--image_size", "64", "--per_device_train_batch_size", "4",
-    "--per_device_eval_batch_size", "4", "--learning_rate", "3e-3", "--seed", "7",
+    "--preset",
+    "lale-tiny",
+    "--image_size",
+    "64",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "4",
+    "--learning_rate",
+    "3e-3",
+    "--seed",
+    "7",
 ]
-
-
-@pytest.fixture(scope="module")
-def s2glc_dataset(s2glc_sample, tmp_path_factory) -> Path:
-    """The real sample's train/ and val/ folders converted by the project's own converter."""
-    output = tmp_path_factory.mktemp("s2glc") / "dataset"
-    convert_aras400k(s2glc_sample, output, verify_md5=False, num_proc=1)
-    return output
 
 
 def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "scripts/train.py", **kwargs):
@@ -39,8 +40,20 @@ def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "sc
     # launcher with ACCELERATE_USE_CPU set.
     device = ["--cpu"] if num_processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
     env = env if num_processes == 1 else {**env, "ACCELERATE_USE_CPU": "true"}
-    command = [*ACCELERATE, "--num_processes", str(num_processes), "--num_machines", "1", *device,
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / script), *args]
+    command = [
+        *ACCELERATE,
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        *device,
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO_ROOT / script),
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -53,20 +66,45 @@ def free_port() -> int:
 
 def check(result):
     if result.returncode != 0:  # the whole log, not pytest's shortened repr of it
-        pytest.fail(f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n"
-                    f"{result.stderr[-8000:]}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n"
+            f"{result.stderr[-8000:]}",
+            pytrace=False,
+        )
     return result
 
 
 def test_end_to_end_training_learns_saves_and_pushes(s2glc_dataset, tmp_path, hub_server):
     output = tmp_path / "run"
     env = hub_server.env()
-    check(launch([
-        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "32", "--max_eval_samples", "12",
-        "--max_train_steps", "24", "--eval_steps", "12", "--output_dir", str(output), *SMALL_RUN,
-        "--with_tracking", "--report_to", "tensorboard",
-        "--push_to_hub", "--hub_model_id", "org/lale-tiny", "--hub_token", "hf_test_token",
-    ], env))
+    check(
+        launch(
+            [
+                "--dataset_name",
+                str(s2glc_dataset),
+                "--max_train_samples",
+                "32",
+                "--max_eval_samples",
+                "12",
+                "--max_train_steps",
+                "24",
+                "--eval_steps",
+                "12",
+                "--output_dir",
+                str(output),
+                *SMALL_RUN,
+                "--with_tracking",
+                "--report_to",
+                "tensorboard",
+                "--push_to_hub",
+                "--hub_model_id",
+                "org/lale-tiny",
+                "--hub_token",
+                "hf_test_token",
+            ],
+            env,
+        )
+    )
     results = json.loads((output / "all_results.json").read_text())
     history = results["train_loss_history"]
     assert len(history) == 24
@@ -94,8 +132,14 @@ def test_end_to_end_training_learns_saves_and_pushes(s2glc_dataset, tmp_path, hu
     save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
     # The saved folder, then the pushed repository over HTTP, each in a process where lale_hf cannot be imported.
     for source, client_env in ((str(output), env), ("org/lale-tiny", hub_server.env())):
-        remote = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, source], cwd=tmp_path, env=client_env,
-                                capture_output=True, text=True, timeout=300)
+        remote = subprocess.run(
+            [sys.executable, "-c", REMOTE_CLIENT, source],
+            cwd=tmp_path,
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert remote.returncode == 0, (remote.stderr[-3000:], hub_server.log_tail())
         torch.testing.assert_close(load_file(tmp_path / "outputs.safetensors")["logits"], logits, rtol=0, atol=0)
     pushed_card = json.loads((tmp_path / "card.json").read_text())
@@ -115,9 +159,17 @@ def test_end_to_end_training_learns_saves_and_pushes(s2glc_dataset, tmp_path, hu
 
 
 PUSH_ALLOWED_EXACT = {
-    ".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-    "configuration_lale.py", "modeling_lale.py", "image_processing_lale.py", "all_results.json",
-    "eval_results.json", "confusion_matrix.png",
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_lale.py",
+    "modeling_lale.py",
+    "image_processing_lale.py",
+    "all_results.json",
+    "eval_results.json",
+    "confusion_matrix.png",
 }
 
 
@@ -128,6 +180,7 @@ def allowed_in_push(name: str) -> bool:
 
 def pushed_contents(repo: Path) -> dict[str, bytes]:
     """Every file of every commit of a test-server repository, LFS files resolved to their content."""
+
     def git(*args: str) -> bytes:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True).stdout
 
@@ -168,8 +221,9 @@ def kill_while_writing(command: list[str], env: dict, partial: Path, deadline_s:
 
     Returns whether the kill landed inside the write (the partial folder still exists and was not yet renamed).
     """
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + deadline_s
     while not partial.exists():
         assert process.poll() is None, "training ended before it could be killed"
@@ -188,9 +242,23 @@ def test_sigkill_inside_a_mid_epoch_checkpoint_write_resumes_exactly(s2glc_datas
     # One thread: a bit-exact comparison must not depend on how a loaded machine schedules parallel reductions.
     clean_env = {**clean_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = [
-        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "24", "--max_eval_samples", "4",
-        "--max_train_steps", "14", *SMALL_RUN, "--eval_steps", "100", "--ema_decay", "0.8",
-        "--lr_scheduler_type", "cosine", "--num_warmup_steps", "3",
+        "--dataset_name",
+        str(s2glc_dataset),
+        "--max_train_samples",
+        "24",
+        "--max_eval_samples",
+        "4",
+        "--max_train_steps",
+        "14",
+        *SMALL_RUN,
+        "--eval_steps",
+        "100",
+        "--ema_decay",
+        "0.8",
+        "--lr_scheduler_type",
+        "cosine",
+        "--num_warmup_steps",
+        "3",
     ]
     # The uninterrupted run writes no checkpoint (and creates its output folder itself).
     check(launch([*common, "--output_dir", str(tmp_path / "straight")], clean_env))
@@ -198,9 +266,22 @@ def test_sigkill_inside_a_mid_epoch_checkpoint_write_resumes_exactly(s2glc_datas
 
     for attempt in range(3):  # the write takes a fraction of a second: a loaded machine can miss it
         interrupted = tmp_path / f"interrupted-{attempt}"
-        command = [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", str(REPO_ROOT / "scripts/train.py"), *common,
-                   "--output_dir", str(interrupted)]
+        command = [
+            *ACCELERATE,
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--cpu",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(REPO_ROOT / "scripts/train.py"),
+            *common,
+            "--output_dir",
+            str(interrupted),
+        ]
         if kill_while_writing(command, clean_env, interrupted / ".partial_step_8"):
             break
     else:
@@ -231,11 +312,29 @@ def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lal
     matrices = []
     for num_processes in (1, 2):
         output = tmp_path / f"eval-{num_processes}"
-        check(launch([
-            "--model_name_or_path", str(lale_tiny_checkpoint), "--dataset_name", str(s2glc_dataset),
-            "--split", "validation", "--max_eval_samples", "13", "--per_device_eval_batch_size", "3",
-            "--image_size", "64", "--output_dir", str(output),
-        ], clean_env, num_processes=num_processes, script="scripts/evaluate.py"))
+        check(
+            launch(
+                [
+                    "--model_name_or_path",
+                    str(lale_tiny_checkpoint),
+                    "--dataset_name",
+                    str(s2glc_dataset),
+                    "--split",
+                    "validation",
+                    "--max_eval_samples",
+                    "13",
+                    "--per_device_eval_batch_size",
+                    "3",
+                    "--image_size",
+                    "64",
+                    "--output_dir",
+                    str(output),
+                ],
+                clean_env,
+                num_processes=num_processes,
+                script="scripts/evaluate.py",
+            )
+        )
         results = json.loads((output / "eval_results.json").read_text())
         assert results["num_samples"] == 13 and results["num_processes"] == num_processes
         matrices.append(results["confusion_matrix"])
@@ -254,8 +353,20 @@ def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lal
 )
 def test_bad_arguments_fail_before_training(s2glc_dataset, tmp_path, clean_env, args, message):
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--dataset_name", str(s2glc_dataset), "--output_dir", str(tmp_path / "o"), *args],
-        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset_name",
+            str(s2glc_dataset),
+            "--output_dir",
+            str(tmp_path / "o"),
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert message in result.stderr
@@ -269,8 +380,21 @@ def test_dataset_without_class_names_is_refused(s2glc_dataset, tmp_path, clean_e
     shutil.copytree(s2glc_dataset, unlabelled)
     (unlabelled / "id2label.json").unlink()
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--dataset_name", str(unlabelled), "--preset", "lale-tiny",
-         "--output_dir", str(tmp_path / "o")], cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset_name",
+            str(unlabelled),
+            "--preset",
+            "lale-tiny",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO_ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0 and "carries no class names (id2label.json)" in result.stderr
 
@@ -280,9 +404,21 @@ def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, cl
 
     LaleForSemanticSegmentation(LaleConfig(num_labels=3)).save_pretrained(tmp_path / "three")
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--dataset_name", str(s2glc_dataset), "--model_name_or_path",
-         str(tmp_path / "three"), "--output_dir", str(tmp_path / "o")],
-        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset_name",
+            str(s2glc_dataset),
+            "--model_name_or_path",
+            str(tmp_path / "three"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO_ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "predicts 3 classes but the dataset has 7" in result.stderr and "--ignore_mismatched_sizes" in result.stderr
@@ -291,8 +427,20 @@ def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, cl
 def test_streaming_two_processes_resume_exactly(s2glc_dataset, tmp_path, clean_env):
     """--streaming shards the stream per process; resuming from a checkpoint replays it to the same weights."""
     common = [
-        "--dataset_name", str(s2glc_dataset), "--streaming", "--shuffle_buffer_size", "16", "--max_train_steps", "6",
-        "--max_eval_samples", "4", "--eval_steps", "100", "--checkpointing_steps", "3", *SMALL_RUN,
+        "--dataset_name",
+        str(s2glc_dataset),
+        "--streaming",
+        "--shuffle_buffer_size",
+        "16",
+        "--max_train_steps",
+        "6",
+        "--max_eval_samples",
+        "4",
+        "--eval_steps",
+        "100",
+        "--checkpointing_steps",
+        "3",
+        *SMALL_RUN,
     ]
     straight = tmp_path / "straight"
     check(launch([*common, "--output_dir", str(straight)], clean_env, num_processes=2))
@@ -301,7 +449,11 @@ def test_streaming_two_processes_resume_exactly(s2glc_dataset, tmp_path, clean_e
     import shutil
 
     shutil.copytree(straight / "step_3", resumed / "step_3")
-    check(launch([*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], clean_env, num_processes=2))
+    check(
+        launch(
+            [*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], clean_env, num_processes=2
+        )
+    )
     expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name

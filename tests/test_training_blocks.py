@@ -274,11 +274,18 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy(weighted):
 
 def test_training_state_round_trips_every_field(tmp_path):
     state = TrainingState(
-        completed_steps=1234, epoch=7, batches_in_epoch=13, samples_seen=98765, train_seconds=321.5,
-        best_macro_f1=0.4375, loss_history=[[1, 2.5], [2, 1.25]], last_eval={"macro_f1": 0.4375, "step": 1200},
+        completed_steps=1234,
+        epoch=7,
+        batches_in_epoch=13,
+        samples_seen=98765,
+        train_seconds=321.5,
+        best_macro_f1=0.4375,
+        loss_history=[[1, 2.5], [2, 1.25]],
+        last_eval={"macro_f1": 0.4375, "step": 1200},
         eval_history=[{"step": 600, "macro_f1": 0.25}, {"step": 1200, "macro_f1": 0.4375}],
-        learning_rate_last=3.0e-4, budget_timing_start=12.75,
-    )  # fmt: skip
+        learning_rate_last=3.0e-4,
+        budget_timing_start=12.75,
+    )
     defaults = TrainingState()
     assert all(getattr(state, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(TrainingState))
     state.save(tmp_path)
@@ -289,8 +296,19 @@ def test_training_state_round_trips_every_field(tmp_path):
 
 
 def test_list_checkpoints_keeps_finished_numeric_steps_in_numeric_order(tmp_path):
-    for name in ["step_10", "step_9", "step_100", "step_1", ".partial_step_11", "step_abc", "step_", "step_2x",
-                 "best", "step_-3", "step_12.tmp"]:  # fmt: skip
+    for name in [
+        "step_10",
+        "step_9",
+        "step_100",
+        "step_1",
+        ".partial_step_11",
+        "step_abc",
+        "step_",
+        "step_2x",
+        "best",
+        "step_-3",
+        "step_12.tmp",
+    ]:
         (tmp_path / name).mkdir()
     (tmp_path / "step_50").write_text("a file, not a checkpoint folder")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_1", "step_9", "step_10", "step_100"]

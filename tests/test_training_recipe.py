@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import SMALL_RUN, check, launch
 
 from lale_hf import ARAS400K_PALETTE
 from lale_hf.training import (
@@ -25,7 +26,6 @@ from lale_hf.training import (
     push_allow_patterns,
     tracked_hyperparameters,
 )
-from test_train import SMALL_RUN, check, launch, s2glc_dataset  # noqa: F401  (s2glc_dataset is a fixture)
 
 
 def test_cosine_schedule_warms_up_then_reaches_zero_at_the_planned_step():
@@ -90,7 +90,9 @@ def test_ema_equals_a_hand_computed_average():
 
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     ema.swap(model)
-    torch.testing.assert_close(model.state_dict()["0.weight"], ema.shadow["0.weight"] * 0 + expected["0.weight"].float())
+    torch.testing.assert_close(
+        model.state_dict()["0.weight"], ema.shadow["0.weight"] * 0 + expected["0.weight"].float()
+    )
     ema.swap(model)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
@@ -104,7 +106,7 @@ def _palette_counts(mask_path) -> np.ndarray:
     return np.array([np.all(rgb == colour, axis=1).sum() for colour in ARAS400K_PALETTE])
 
 
-def test_class_pixel_counts_match_the_colour_masks(s2glc_sample, s2glc_dataset):  # noqa: F811
+def test_class_pixel_counts_match_the_colour_masks(s2glc_sample, s2glc_dataset):
     from datasets import load_dataset
 
     train = load_dataset(str(s2glc_dataset))["train"]
@@ -130,31 +132,68 @@ def test_a_label_outside_the_classes_is_named():
 
 
 def test_tracking_never_sees_a_secret(tmp_path):
-    arguments = {"hub_token": "hf_secret", "learning_rate": 1e-3, "scale_range": (0.75, 1.5),
-                 "report_to": "tensorboard", "note": "uses hf_secret", "wandb_api_key": "k"}
+    arguments = {
+        "hub_token": "hf_secret",
+        "learning_rate": 1e-3,
+        "scale_range": (0.75, 1.5),
+        "report_to": "tensorboard",
+        "note": "uses hf_secret",
+        "wandb_api_key": "k",
+    }
     tracked = tracked_hyperparameters(arguments)
     assert tracked == {"learning_rate": 1e-3, "scale_range": "(0.75, 1.5)", "report_to": "tensorboard"}
 
     (tmp_path / "runs" / "lale" / "1").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "modeling_lale.py", "runs/lale/1/events.out.tfevents.1.x",
-                 "runs/lale/1/hparams.yml", "step_3/model.safetensors", "step_3/optimizer.bin", "notes.txt"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_lale.py",
+        "runs/lale/1/events.out.tfevents.1.x",
+        "runs/lale/1/hparams.yml",
+        "step_3/model.safetensors",
+        "step_3/optimizer.bin",
+        "notes.txt",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     from lale_hf.hub_utils import files_to_push
 
     assert files_to_push(tmp_path, push_allow_patterns(tmp_path)) == [
-        "config.json", "model.safetensors", "modeling_lale.py", "runs/lale/1/events.out.tfevents.1.x",
+        "config.json",
+        "model.safetensors",
+        "modeling_lale.py",
+        "runs/lale/1/events.out.tfevents.1.x",
     ]
 
 
 @pytest.mark.slow
-def test_time_budget_plans_one_step_count_across_two_processes(s2glc_dataset, tmp_path, clean_env):  # noqa: F811
+def test_time_budget_plans_one_step_count_across_two_processes(s2glc_dataset, tmp_path, clean_env):
     output = tmp_path / "budget"
-    result = check(launch([
-        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "32", "--max_eval_samples", "4",
-        "--output_dir", str(output), *SMALL_RUN, "--max_train_minutes", "0.15", "--num_warmup_steps", "8",
-        "--budget_timing_steps", "3", "--ema_decay", "0.9",
-    ], clean_env, num_processes=2))
+    result = check(
+        launch(
+            [
+                "--dataset_name",
+                str(s2glc_dataset),
+                "--max_train_samples",
+                "32",
+                "--max_eval_samples",
+                "4",
+                "--output_dir",
+                str(output),
+                *SMALL_RUN,
+                "--max_train_minutes",
+                "0.15",
+                "--num_warmup_steps",
+                "8",
+                "--budget_timing_steps",
+                "3",
+                "--ema_decay",
+                "0.9",
+            ],
+            clean_env,
+            num_processes=2,
+        )
+    )
     planned = re.findall(r"Planned steps of the time budget: (\d+) \(this process estimated (\d+)\)", result.stderr)
     assert len(planned) == 2, result.stderr[-3000:]
     assert planned[0][0] == planned[1][0]

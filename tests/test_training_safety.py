@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from test_train import REPO_ROOT, SMALL_RUN, check, launch
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
 from lale_hf.training import TrainingError, align_classes_by_name
-from test_train import REPO_ROOT, SMALL_RUN, check, launch, s2glc_dataset  # noqa: F401  (s2glc_dataset is a fixture)
 
 
 NAMES = ["Tree", "Shrub", "Grass", "Crop", "Built-up", "Barren", "Water"]
@@ -56,9 +56,22 @@ def test_other_names_are_refused_unless_told():
 )
 def test_bad_numbers_fail_at_parse_time(args, message, tmp_path, clean_env):
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--dataset_name", str(tmp_path), "--preset", "lale-tiny",
-         "--output_dir", str(tmp_path / "o"), *args],
-        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset_name",
+            str(tmp_path),
+            "--preset",
+            "lale-tiny",
+            "--output_dir",
+            str(tmp_path / "o"),
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
@@ -66,9 +79,22 @@ def test_bad_numbers_fail_at_parse_time(args, message, tmp_path, clean_env):
 
 
 @pytest.mark.slow
-def test_resume_without_rng_state_is_refused_unless_allowed(s2glc_dataset, tmp_path, clean_env):  # noqa: F811
-    common = ["--dataset_name", str(s2glc_dataset), "--max_train_samples", "8", "--max_eval_samples", "2",
-              "--max_train_steps", "4", "--checkpointing_steps", "2", *SMALL_RUN, "--eval_steps", "100"]
+def test_resume_without_rng_state_is_refused_unless_allowed(s2glc_dataset, tmp_path, clean_env):
+    common = [
+        "--dataset_name",
+        str(s2glc_dataset),
+        "--max_train_samples",
+        "8",
+        "--max_eval_samples",
+        "2",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        *SMALL_RUN,
+        "--eval_steps",
+        "100",
+    ]
     output = tmp_path / "run"
     check(launch([*common, "--output_dir", str(output)], clean_env))
     shutil.rmtree(output / "step_4")
@@ -76,27 +102,53 @@ def test_resume_without_rng_state_is_refused_unless_allowed(s2glc_dataset, tmp_p
     refused = launch([*common, "--output_dir", str(output), "--resume_from_checkpoint", "latest"], clean_env)
     assert refused.returncode != 0
     assert "lacks random_states_0.pkl" in refused.stderr and "--allow_inexact_resume" in refused.stderr
-    allowed = check(launch([*common, "--output_dir", str(output), "--resume_from_checkpoint", "latest",
-                            "--allow_inexact_resume"], clean_env))
+    allowed = check(
+        launch(
+            [*common, "--output_dir", str(output), "--resume_from_checkpoint", "latest", "--allow_inexact_resume"],
+            clean_env,
+        )
+    )
     assert "will not reproduce exactly" in allowed.stderr
     assert json.loads((output / "all_results.json").read_text())["train_steps"] == 4
 
 
 @pytest.mark.slow
-def test_a_hub_outage_neither_aborts_training_nor_loses_the_model(s2glc_dataset, tmp_path, clean_env):  # noqa: F811
+def test_a_hub_outage_neither_aborts_training_nor_loses_the_model(s2glc_dataset, tmp_path, clean_env):
     import socket
 
     with socket.socket() as probe:  # a port nobody listens on: every push fails at once
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**clean_env, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_DISABLE_XET": "1",
-           "HF_TOKEN": "hf_unused"}
+    env = {
+        **clean_env,
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": "hf_unused",
+    }
     output = tmp_path / "run"
-    result = launch([
-        "--dataset_name", str(s2glc_dataset), "--max_train_samples", "8", "--max_eval_samples", "2",
-        "--max_train_steps", "4", "--eval_steps", "2", *SMALL_RUN, "--output_dir", str(output),
-        "--push_to_hub", "--push_checkpoints", "--hub_model_id", "org/outage",
-    ], env)
+    result = launch(
+        [
+            "--dataset_name",
+            str(s2glc_dataset),
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--eval_steps",
+            "2",
+            *SMALL_RUN,
+            "--output_dir",
+            str(output),
+            "--push_to_hub",
+            "--push_checkpoints",
+            "--hub_model_id",
+            "org/outage",
+        ],
+        env,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Checkpoint push at step 2 failed after retries" in result.stderr  # reported, training went on
     assert "everything is saved in" in result.stderr and "the push to org/outage failed" in result.stderr
@@ -106,30 +158,73 @@ def test_a_hub_outage_neither_aborts_training_nor_loses_the_model(s2glc_dataset,
 
 
 def run_evaluate(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "scripts/evaluate.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_evaluate_fails_before_evaluating_when_it_cannot_write(s2glc_dataset, lale_tiny_checkpoint, tmp_path,  # noqa: F811
-                                                                clean_env):
+def test_evaluate_fails_before_evaluating_when_it_cannot_write(
+    s2glc_dataset,
+    lale_tiny_checkpoint,
+    tmp_path,
+    clean_env,
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_evaluate(["--model_name_or_path", str(lale_tiny_checkpoint), "--dataset_name", str(s2glc_dataset),
-                           "--output_dir", str(blocker / "results"), "--max_eval_samples", "2"], clean_env)
+    result = run_evaluate(
+        [
+            "--model_name_or_path",
+            str(lale_tiny_checkpoint),
+            "--dataset_name",
+            str(s2glc_dataset),
+            "--output_dir",
+            str(blocker / "results"),
+            "--max_eval_samples",
+            "2",
+        ],
+        clean_env,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"--output_dir {blocker / 'results'}: {blocker} is not a writable folder" in result.stderr
     assert "evaluation:" not in result.stderr  # refused before any sample was evaluated
 
 
-def test_evaluate_refuses_a_checkpoint_with_other_class_names(s2glc_dataset, tmp_path, clean_env):  # noqa: F811
+def test_evaluate_refuses_a_checkpoint_with_other_class_names(s2glc_dataset, tmp_path, clean_env):
     shuffled = [NAMES[i] for i in (3, 0, 6, 1, 5, 2, 4)]
     LaleForSemanticSegmentation(LaleConfig(id2label=dict(enumerate(shuffled)))).save_pretrained(tmp_path / "ckpt")
-    common = ["--model_name_or_path", str(tmp_path / "ckpt"), "--dataset_name", str(s2glc_dataset),
-              "--max_eval_samples", "2", "--image_size", "64"]
+    common = [
+        "--model_name_or_path",
+        str(tmp_path / "ckpt"),
+        "--dataset_name",
+        str(s2glc_dataset),
+        "--max_eval_samples",
+        "2",
+        "--image_size",
+        "64",
+    ]
     refused = run_evaluate([*common, "--output_dir", str(tmp_path / "o")], clean_env)
     assert refused.returncode == 2
     assert "names its classes ['Crop', 'Tree'" in refused.stderr and "--ignore_label_names" in refused.stderr
-    check(subprocess.run([sys.executable, "scripts/evaluate.py", *common, "--output_dir", str(tmp_path / "o"),
-                          "--ignore_label_names"], cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True,
-                         timeout=300))
+    check(
+        subprocess.run(
+            [
+                sys.executable,
+                "scripts/evaluate.py",
+                *common,
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--ignore_label_names",
+            ],
+            cwd=REPO_ROOT,
+            env=clean_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     assert json.loads((tmp_path / "o" / "eval_results.json").read_text())["num_samples"] == 2

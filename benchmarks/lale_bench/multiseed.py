@@ -46,8 +46,9 @@ class TrainingRun:
         return f"{self.model}/seed-{self.seed}/{bound}"
 
 
-def measure_training_speed(models: list[str], batch_size: int, image_size: int, rounds: int = 3,
-                           min_seconds: float = 2.0, log=print) -> dict[str, float]:
+def measure_training_speed(
+    models: list[str], batch_size: int, image_size: int, rounds: int = 3, min_seconds: float = 2.0, log=print
+) -> dict[str, float]:
     """Training images per second of each model (forward, backward, AdamW; median of interleaved rounds)."""
     device, synchronize = torch.device("cpu"), lambda: None
     tasks = []
@@ -74,9 +75,15 @@ def model_costs(models: list[str], image_size: int) -> dict[str, dict]:
     return costs
 
 
-def plan_runs(models: list[str], seeds: list[int], modes: list[str], batch_size: int,
-              speeds: dict[str, float] | None = None, budget_seconds: float | None = None,
-              equal_steps: int | None = None) -> list[TrainingRun]:
+def plan_runs(
+    models: list[str],
+    seeds: list[int],
+    modes: list[str],
+    batch_size: int,
+    speeds: dict[str, float] | None = None,
+    budget_seconds: float | None = None,
+    equal_steps: int | None = None,
+) -> list[TrainingRun]:
     """The runs of a comparison. Equal compute: `budget_seconds` of each model's measured isolated speed, in steps."""
     runs = []
     if "equal-compute" in modes and (speeds is None or budget_seconds is None):
@@ -98,8 +105,16 @@ def plan_runs(models: list[str], seeds: list[int], modes: list[str], batch_size:
     return runs
 
 
-def train_command(run: TrainingRun, dataset_name: str, output_dir: Path, train_script: str, threads: int,
-                  batch_size: int, image_size: int, train_args: list[str]) -> list[str]:
+def train_command(
+    run: TrainingRun,
+    dataset_name: str,
+    output_dir: Path,
+    train_script: str,
+    threads: int,
+    batch_size: int,
+    image_size: int,
+    train_args: list[str],
+) -> list[str]:
     """`accelerate launch train.py` for `run`, from the weights the speed was measured with (saved once per seed)."""
     init_dir = output_dir / "init" / f"{run.model}-seed-{run.seed}"
     if not (init_dir / "config.json").is_file():
@@ -109,17 +124,43 @@ def train_command(run: TrainingRun, dataset_name: str, output_dir: Path, train_s
     eval_steps = max(1, (run.steps or 200) // 20)
     eval_from = max(0, (run.steps or 0) - 4 * eval_steps)
     return [
-        *ACCELERATE_LAUNCH, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads), train_script,
-        "--model_name_or_path", str(init_dir), "--dataset_name", dataset_name,
-        "--output_dir", str(output_dir / run.name), "--seed", str(run.seed),
-        "--per_device_train_batch_size", str(batch_size), "--image_size", str(image_size),
-        "--eval_steps", str(eval_steps), "--eval_from_step", str(eval_from), *bound, *train_args,
+        *ACCELERATE_LAUNCH,
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        str(threads),
+        train_script,
+        "--model_name_or_path",
+        str(init_dir),
+        "--dataset_name",
+        dataset_name,
+        "--output_dir",
+        str(output_dir / run.name),
+        "--seed",
+        str(run.seed),
+        "--per_device_train_batch_size",
+        str(batch_size),
+        "--image_size",
+        str(image_size),
+        "--eval_steps",
+        str(eval_steps),
+        "--eval_from_step",
+        str(eval_from),
+        *bound,
+        *train_args,
     ]
 
 
-def run_trainings(runs: list[TrainingRun], commands: dict[str, list[str]], output_dir: Path, parallel: int,
-                  threads: int, log=print) -> None:
+def run_trainings(
+    runs: list[TrainingRun], commands: dict[str, list[str]], output_dir: Path, parallel: int, threads: int, log=print
+) -> None:
     """Runs the commands, `parallel` at a time; a run whose `all_results.json` exists is skipped (resumable)."""
     unique = list({run.name: run for run in runs}.values())
     pending = [run for run in unique if not (output_dir / run.name / "all_results.json").is_file()]
@@ -133,8 +174,9 @@ def run_trainings(runs: list[TrainingRun], commands: dict[str, list[str]], outpu
             folder = output_dir / run.name
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / "train.log", "w") as log_file:
-                process = subprocess.Popen(commands[run.name], stdout=log_file, stderr=subprocess.STDOUT,
-                                           env=environment)
+                process = subprocess.Popen(
+                    commands[run.name], stdout=log_file, stderr=subprocess.STDOUT, env=environment
+                )
             active.append((run, process, time.monotonic()))
             log(f"started {run.name} ({run.steps or run.minutes} {'steps' if run.steps else 'min'})")
         time.sleep(1.0)
@@ -160,19 +202,22 @@ def collect_results(runs: list[TrainingRun], output_dir: Path) -> list[dict]:
         if not path.is_file():
             continue  # not run (yet): the summary covers the seeds that finished
         results = json.loads(path.read_text())
-        records.append({
-            **asdict(run),
-            **{key: results[key] for key in SCORES},
-            "train_steps": results["train_steps"],
-            "train_runtime_seconds": results["train_runtime_seconds"],
-            "eval_macro_f1_spread_last5": results.get("eval_macro_f1_spread_last5"),
-            "eval_history": results.get("eval_history", []),
-        })
+        records.append(
+            {
+                **asdict(run),
+                **{key: results[key] for key in SCORES},
+                "train_steps": results["train_steps"],
+                "train_runtime_seconds": results["train_runtime_seconds"],
+                "eval_macro_f1_spread_last5": results.get("eval_macro_f1_spread_last5"),
+                "eval_history": results.get("eval_history", []),
+            }
+        )
     return records
 
 
-def summarize_comparison(records: list[dict], costs: dict[str, dict], batch_size: int,
-                         confidence: float = 0.95) -> dict:
+def summarize_comparison(
+    records: list[dict], costs: dict[str, dict], batch_size: int, confidence: float = 0.95
+) -> dict:
     """Per mode: each model's scores over seeds (mean, std, interval), its training cost, and every pairwise
     paired comparison of macro F1 and mIoU across seeds."""
     summary = {}
@@ -184,7 +229,11 @@ def summarize_comparison(records: list[dict], costs: dict[str, dict], batch_size
         for model in models:
             mine = [record for record in in_mode if record["model"] == model]
             steps = [record["train_steps"] for record in mine]
-            spreads = [record["eval_macro_f1_spread_last5"] for record in mine if record["eval_macro_f1_spread_last5"] is not None]
+            spreads = [
+                record["eval_macro_f1_spread_last5"]
+                for record in mine
+                if record["eval_macro_f1_spread_last5"] is not None
+            ]
             per_model[model] = {
                 **{score: seed_summary([record[score] for record in mine], confidence) for score in SCORES},
                 "steps": steps,

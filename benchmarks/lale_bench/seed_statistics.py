@@ -20,8 +20,13 @@ def seed_summary(values: list[float], confidence: float = 0.95) -> dict:
     std = statistics.stdev(values)
     half_width = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return {
-        "n": n, "mean": mean, "std": std, "ci_low": mean - half_width, "ci_high": mean + half_width,
-        "confidence": confidence, "values": list(values),
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "ci_low": mean - half_width,
+        "ci_high": mean + half_width,
+        "confidence": confidence,
+        "values": list(values),
     }
 
 

@@ -39,8 +39,15 @@ def save_confusion_matrix_plot(confusion_matrix, id2label: dict[int, str], path:
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, column), share in np.ndenumerate(shares):
         if rows[row, 0] > 0:
-            axes.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=8,
-                      color="white" if share > 0.5 else "black")
+            axes.text(
+                column,
+                row,
+                f"{share:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share > 0.5 else "black",
+            )
     axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), [f"{n} ({int(r)} px)" for n, r in zip(names, rows[:, 0])])
     axes.set_xlabel("predicted")

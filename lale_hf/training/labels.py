@@ -17,7 +17,8 @@ def classifier_layer(model: torch.nn.Module, num_labels: int) -> torch.nn.Module
     """The last convolution or linear layer with one output per class: the classifier of LALE, SegFormer,
     MobileViT-DeepLabV3 and UPerNet alike."""
     candidates = [
-        module for module in model.modules()
+        module
+        for module in model.modules()
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
         and (module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features) == num_labels
     ]

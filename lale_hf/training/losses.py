@@ -14,8 +14,13 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 25
     return 1.0 - ((2 * intersection + eps) / (cardinality + eps)).mean()
 
 
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None,
-               ignore_index: int = 255) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    gamma: float = 2.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
     """Focal loss (Lin et al., 2017): cross-entropy scaled by (1 - p_t)^gamma, averaged over labelled pixels.
 
     With class weights the average is weighted as `F.cross_entropy(weight=...)` weights it.

@@ -46,8 +46,9 @@ class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
     end without measuring again.
     """
 
-    def __init__(self, optimizer, warmup_steps: int, schedule: str, planned_steps: int | None = None,
-                 steps_per_update: int = 1):
+    def __init__(
+        self, optimizer, warmup_steps: int, schedule: str, planned_steps: int | None = None, steps_per_update: int = 1
+    ):
         self.warmup_steps = warmup_steps
         self.schedule = schedule
         self.planned_steps = planned_steps
@@ -66,8 +67,9 @@ class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
         self.__dict__.update(state_dict)
 
 
-def planned_total_steps(completed_steps: int, measured_seconds: float, measured_steps: int,
-                        elapsed_seconds: float, budget_seconds: float) -> int:
+def planned_total_steps(
+    completed_steps: int, measured_seconds: float, measured_steps: int, elapsed_seconds: float, budget_seconds: float
+) -> int:
     """The step at which a time budget ends, from the speed of the last `measured_steps` steps.
 
     Steps already taken count as taken; the rest of the budget is spent at the measured rate.
@@ -126,8 +128,9 @@ class ExponentialMovingAverage:
             self.shadow[name].copy_(tensor)
 
 
-def class_pixel_counts(labels: Iterable, num_labels: int, ignore_index: int = 255, split_name: str = "train",
-                       names: Iterable | None = None) -> np.ndarray:
+def class_pixel_counts(
+    labels: Iterable, num_labels: int, ignore_index: int = 255, split_name: str = "train", names: Iterable | None = None
+) -> np.ndarray:
     """Pixels of each class over a split's label maps; a value outside [0, K) other than `ignore_index` is an error
     naming the split, the example and the value."""
     counts = np.zeros(num_labels, dtype=np.int64)

@@ -1,7 +1,6 @@
 """Datasets for training: `datasets` splits (map-style or streamed) as normalised tensors, and their loading."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,17 @@ class SegmentationDataset(Dataset):
     across runs, data-loader workers, processes and resumptions; call `set_epoch` at the start of every epoch.
     """
 
-    def __init__(self, split, image_size: int, augmentation: OverheadAugmentation | None = None, seed: int = 0,
-                 preprocessing: Preprocessing | None = None, num_labels: int | None = None, split_name: str = "train",
-                 ignore_index: int = 255):
+    def __init__(
+        self,
+        split,
+        image_size: int,
+        augmentation: OverheadAugmentation | None = None,
+        seed: int = 0,
+        preprocessing: Preprocessing | None = None,
+        num_labels: int | None = None,
+        split_name: str = "train",
+        ignore_index: int = 255,
+    ):
         self.split = split
         self.image_size = image_size
         self.augmentation = augmentation
@@ -80,9 +87,18 @@ class StreamingSegmentationDataset(IterableDataset):
     skips the batches it had already seen replays the stream exactly.
     """
 
-    def __init__(self, stream, image_size: int, augmentation: OverheadAugmentation | None, seed: int = 0,
-                 shuffle_buffer_size: int = 1000, process_index: int = 0, num_processes: int = 1,
-                 preprocessing: Preprocessing | None = None, num_labels: int | None = None):
+    def __init__(
+        self,
+        stream,
+        image_size: int,
+        augmentation: OverheadAugmentation | None,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        process_index: int = 0,
+        num_processes: int = 1,
+        preprocessing: Preprocessing | None = None,
+        num_labels: int | None = None,
+    ):
         from datasets.distributed import split_dataset_by_node
 
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
