@@ -15,7 +15,7 @@ CARD_TEMPLATE = """---
 # {{ model_name }}
 
 {{ model_name }} is a {{ architecture }} semantic-segmentation model ({{ num_parameters_m }} M parameters) trained with
-`scripts/train.py` of [lale-hf](https://github.com/lale-hf/lale-hf) on `{{ dataset_name }}`. The figures below were
+the training script of [lale-hf](https://github.com/lale-hf/lale-hf) on `{{ dataset_name }}`. The figures below were
 measured by that run on the `{{ validation_split }}` split; nothing in this card is typed by hand.
 
 ## Results ({{ validation_split }}, step {{ results.train_steps }})

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from lale_hf import LALE_PRESETS
+from lale_hf.argument_types import non_negative_int, positive_float, positive_int
 from lale_hf.data import DATASET_MARKER, DEFAULT_SAMPLE_SIZES, Aras400kError, convert_aras400k, generate_sample
 from lale_hf.file_utils import write_atomic
 
@@ -35,27 +36,6 @@ SAMPLE_SIZE_OPTIONS = {
     "test": "num_eval_samples",
     "synth": "num_synthetic_samples",
 }
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def multiple_of_32(text: str) -> int:
@@ -163,7 +143,8 @@ def main(argv=None):
         *("--max_train_minutes", str(args.train_minutes), "--num_train_epochs", "1000"),
         *("--eval_steps", str(args.eval_steps), "--checkpointing_steps", str(args.eval_steps)),
         *("--checkpoints_total_limit", "1", "--learning_rate", "2e-3", "--num_warmup_steps", "20"),
-        *("--lr_scheduler_type", "constant_with_warmup", "--seed", str(args.seed)),
+        # The converging recipe: the budget becomes a step count the cosine schedule decays to, with EMA weights.
+        *("--ema_decay", "0.999", "--seed", str(args.seed)),
         *("--with_tracking", "--report_to", "tensorboard"),
     ]
     run(parser, "training", [*launch, "scripts/train.py", *train_args], {**os.environ, "ACCELERATE_USE_CPU": "true"})

@@ -524,6 +524,7 @@ def train(args):
             accelerator.unwrap_model(model).save_pretrained(partial)
             processor.save_pretrained(partial)
             write_atomic(partial / "eval_results.json", json.dumps(json_ready(results), indent=2))
+            make_readable(partial)
             replace_folder(partial, folder)
 
     def plan_budget_steps():
@@ -558,6 +559,7 @@ def train(args):
         disable=not accelerator.is_local_main_process,
     )
     stop_reason = "epochs"
+    step_losses = []
     push_error = None
     step_clock = time.monotonic()
     for epoch in range(state.epoch, num_train_epochs):
@@ -580,6 +582,7 @@ def train(args):
                 loss = segmentation_loss(
                     logits, batch["labels"], args.loss, class_weights, label_smoothing=args.label_smoothing
                 )
+                step_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -593,7 +596,9 @@ def train(args):
             state.completed_steps += 1
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
-            state.loss_history.append(accelerator.gather(loss.detach()).mean().item())
+            # The step's loss is the mean over its accumulated micro-batches and over the processes.
+            state.loss_history.append(accelerator.gather(torch.stack(step_losses).mean()).mean().item())
+            step_losses.clear()
             state.learning_rate_last = lr_scheduler.get_last_lr()[0]
             # The budget clock counts training steps only: evaluations and checkpoints are not part of it.
             now = time.monotonic()
@@ -646,6 +651,11 @@ def train(args):
                     if args.max_train_steps is None and budget_seconds
                     else "max_train_steps"
                 )
+                if not args.streaming and state.batches_in_epoch == len(train_dataloader):
+                    # The last step also ended an epoch: record it as finished, and keep its epoch checkpoint.
+                    state.epoch, state.batches_in_epoch = epoch + 1, 0
+                    if args.checkpointing_steps == "epoch":
+                        save_checkpoint()
                 break
             if budget_seconds is not None:
                 # A safety net if the machine slows down after planning. Every process must agree, or one would
@@ -729,12 +739,19 @@ def train(args):
         )
 
 
-def publish_files(staging: Path, folder: Path):
-    """Moves every file of `staging` into `folder` (readable by all, as other outputs), then removes `staging`."""
+def make_readable(folder: Path):
+    """Gives the files of `folder` the permissions of every other output (some writers create them 0600)."""
     umask = os.umask(0)
     os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
+
+
+def publish_files(staging: Path, folder: Path):
+    """Moves every file of `staging` into `folder` (readable by all, as other outputs), then removes `staging`."""
+    make_readable(staging)
     for path in staging.iterdir():
-        os.chmod(path, 0o666 & ~umask)
         os.replace(path, folder / path.name)
     staging.rmdir()
 

@@ -110,11 +110,6 @@ def test_gradient_accumulation_trains_as_a_doubled_batch(accumulation_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py records the loss of the last micro-batch of each optimizer step, not their mean "
-    "(batch 2 x 2 logs 1.875 where batch 4 logs 1.865 at step 1)",
-)
 def test_gradient_accumulation_records_the_loss_of_the_whole_step(accumulation_runs):
     batch4, accumulated = accumulation_runs["batch4"]["results"], accumulation_runs["batch2x2"]["results"]
     np.testing.assert_allclose(accumulated["train_loss_history"], batch4["train_loss_history"], rtol=1e-5)
@@ -208,11 +203,6 @@ def test_epoch_checkpoints_are_named_by_optimizer_steps(epoch_checkpoint_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py leaves the training loop at its last step before the epoch-end block, so the last epoch "
-    "writes no checkpoint (2 epochs give step_4 only)",
-)
 def test_epoch_checkpoints_one_per_epoch_including_the_last(epoch_checkpoint_run):
     from lale_hf.training import list_checkpoints
 

@@ -120,7 +120,7 @@ class OnnxPredictor(Predictor):
         if "id2label" not in metadata or "preprocessing" not in metadata:
             raise InferenceError(
                 f"--model {path}: the ONNX file carries no label names or preprocessing in its metadata; export it "
-                "with lale_hf.inference.export_onnx (scripts/export_onnx.py)."
+                "with lale_hf.inference.export_onnx."
             )
         try:
             id2label = json.loads(metadata["id2label"])

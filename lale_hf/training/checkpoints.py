@@ -37,5 +37,5 @@ class TrainingState:
     def load(cls, folder: str | os.PathLike) -> "TrainingState":
         path = Path(folder) / "training_state.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a checkpoint of scripts/train.py: {path.name} is missing.")
+            raise FileNotFoundError(f"{folder} is not a training checkpoint of lale-hf: {path.name} is missing.")
         return cls(**json.loads(path.read_text()))
