@@ -32,7 +32,7 @@ $(STAMP): requirements/dev.txt pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
-test: env system-packages
+test: env system-packages lint
 	mkdir -p $(HF_HOME)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
