@@ -5,8 +5,6 @@ public name (conversion, prediction, ONNX export, metrics) is imported on first 
 so registering the model never pulls pyarrow, rasterio, onnx or matplotlib.
 """
 
-import importlib
-
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -17,6 +15,7 @@ from transformers import (
 
 from .configuration_lale import ARAS400K_LABELS, ARAS400K_PALETTE, LALE_PRESETS, LaleConfig
 from .image_processing_lale import LaleImageProcessor, color_mask_to_label_map, colorize_label_map, scale_to_uint8
+from .lazy_imports import lazy_attributes
 from .modeling_lale import LaleBackbone, LaleForSemanticSegmentation, LaleModel, LalePreTrainedModel
 
 
@@ -47,16 +46,7 @@ _LAZY_NAMES = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY_NAMES:
-        value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_NAMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ Modules, from the format up:
 Public names load on first use, so `import lale_hf.data` pulls in neither pyarrow, sqlite3 nor multiprocessing.
 """
 
-import importlib
+from ..lazy_imports import lazy_attributes
 
 
 # Public name -> the submodule that defines it, imported on first access.
@@ -59,16 +59,7 @@ _LAZY_NAMES = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY_NAMES:
-        value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_NAMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = sorted(_LAZY_NAMES)
