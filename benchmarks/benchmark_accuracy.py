@@ -59,6 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--equal_steps", type=int, default=300, help="Optimizer steps of every model in equal-steps.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--inference_image_size", type=int, default=256, help="Patch size of the GMACs column.")
     parser.add_argument("--timing_rounds", type=int, default=3)
     parser.add_argument("--speeds_json", help="Reuse the speeds of an earlier report of this script.")
     parser.add_argument("--parallel", type=int, default=2, help="Training runs at a time.")
@@ -113,7 +114,7 @@ def main(argv=None):
         if not args.report_only:
             run_trainings(runs, commands, output_dir, args.parallel, args.threads_per_run)
         records = collect_results(runs, output_dir)
-        costs = model_costs(args.models, args.image_size)
+        costs = model_costs(args.models, args.image_size, args.inference_image_size)
         report = {
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python " + shlex.join(sys.argv),

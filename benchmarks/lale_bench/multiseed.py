@@ -62,15 +62,17 @@ def measure_training_speed(
     return {task.record["model"]: sorted(task.samples)[len(task.samples) // 2] for task in tasks}
 
 
-def model_costs(models: list[str], image_size: int) -> dict[str, dict]:
-    """Parameters and training GFLOPs per image (forward and backward) of each model."""
+def model_costs(models: list[str], image_size: int, inference_image_size: int = 256) -> dict[str, dict]:
+    """Parameters, training GFLOPs per training image (forward and backward, at `image_size`) and inference GMACs
+    per `inference_image_size` patch of each model."""
     costs = {}
     for name in models:
         model = build_model(name)
         costs[name] = {
             "parameters": count_parameters(model),
             "train_gflops_per_image": count_flops(model, image_size, train=True) / 1e9,
-            "inference_gmacs": count_flops(model, image_size) / 2e9,
+            "inference_gmacs": count_flops(model, inference_image_size) / 2e9,
+            "inference_image_size": inference_image_size,
         }
     return costs
 

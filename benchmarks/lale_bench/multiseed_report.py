@@ -32,7 +32,7 @@ def render_markdown(report: dict) -> str:
     for mode, block in report["summary"].items():
         lines += [f"## {mode}", ""]
         lines += [
-            "| model | params (M) | GMACs | steps | train TFLOPs | macro F1 | mIoU | max spread of last 5 evals |",
+            "| model | params (M) | inference GMACs (256x256) | steps | train TFLOPs | macro F1 | mIoU | max spread of last 5 evals |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for model, entry in block["models"].items():
@@ -66,6 +66,8 @@ def plot_comparison(report: dict, path: str | os.PathLike):
     import matplotlib.pyplot as plt
 
     modes = list(report["summary"])
+    if not modes:
+        raise ValueError("no model has finished runs at 2 or more seeds yet: nothing to plot")
     figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), dpi=120, squeeze=False)
     for axis, mode in zip(axes[0], modes):
         for model, entry in report["summary"][mode]["models"].items():

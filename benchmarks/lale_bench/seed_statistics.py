@@ -18,7 +18,7 @@ def seed_summary(values: list[float], confidence: float = 0.95) -> dict:
         raise ValueError(f"an interval needs at least 2 seeds, got {n}")
     mean = statistics.fmean(values)
     std = statistics.stdev(values)
-    half_width = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    half_width = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return {
         "n": n,
         "mean": mean,
@@ -47,5 +47,5 @@ def paired_comparison(first: dict, second: dict, confidence: float = 0.95) -> di
         **summary,
         "seeds": seeds,
         "p_value": p_value,
-        "excludes_zero": summary["ci_low"] > 0 or summary["ci_high"] < 0,
+        "excludes_zero": bool(summary["ci_low"] > 0 or summary["ci_high"] < 0),
     }
