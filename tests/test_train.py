@@ -57,6 +57,18 @@ def launch(args: list[str], env: dict, num_processes: int = 1, script: str = "sc
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def run_script(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`python scripts/<script> ARGS` in one process, output captured (for argument and input errors)."""
+    return subprocess.run(
+        [sys.executable, f"scripts/{script}", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def free_port() -> int:
     """A port nobody listens on, so that a rendezvous never meets a previous run's socket (29500 by default)."""
     with socket.socket() as probe:
@@ -352,21 +364,8 @@ def test_one_and_two_processes_give_the_same_confusion_matrix(s2glc_dataset, lal
     ],
 )
 def test_bad_arguments_fail_before_training(s2glc_dataset, tmp_path, clean_env, args, message):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            "--dataset_name",
-            str(s2glc_dataset),
-            "--output_dir",
-            str(tmp_path / "o"),
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        "train.py", ["--dataset_name", str(s2glc_dataset), "--output_dir", str(tmp_path / "o"), *args], clean_env
     )
     assert result.returncode != 0
     assert message in result.stderr
@@ -379,22 +378,10 @@ def test_dataset_without_class_names_is_refused(s2glc_dataset, tmp_path, clean_e
     unlabelled = tmp_path / "unlabelled"
     shutil.copytree(s2glc_dataset, unlabelled)
     (unlabelled / "id2label.json").unlink()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            "--dataset_name",
-            str(unlabelled),
-            "--preset",
-            "lale-tiny",
-            "--output_dir",
-            str(tmp_path / "o"),
-        ],
-        cwd=REPO_ROOT,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        "train.py",
+        ["--dataset_name", str(unlabelled), "--preset", "lale-tiny", "--output_dir", str(tmp_path / "o")],
+        clean_env,
     )
     assert result.returncode != 0 and "carries no class names (id2label.json)" in result.stderr
 
@@ -403,10 +390,9 @@ def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, cl
     from lale_hf import LaleConfig
 
     LaleForSemanticSegmentation(LaleConfig(num_labels=3)).save_pretrained(tmp_path / "three")
-    result = subprocess.run(
+    result = run_script(
+        "train.py",
         [
-            sys.executable,
-            "scripts/train.py",
             "--dataset_name",
             str(s2glc_dataset),
             "--model_name_or_path",
@@ -414,11 +400,7 @@ def test_checkpoint_with_other_num_labels_is_refused(s2glc_dataset, tmp_path, cl
             "--output_dir",
             str(tmp_path / "o"),
         ],
-        cwd=REPO_ROOT,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        clean_env,
     )
     assert result.returncode != 0
     assert "predicts 3 classes but the dataset has 7" in result.stderr and "--ignore_mismatched_sizes" in result.stderr

@@ -3,11 +3,10 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from test_train import REPO_ROOT, SMALL_RUN, check, launch
+from test_train import SMALL_RUN, check, launch, run_script
 
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
 from lale_hf.training import TrainingError, align_classes_by_name
@@ -55,23 +54,10 @@ def test_other_names_are_refused_unless_told():
     ],
 )
 def test_bad_numbers_fail_at_parse_time(args, message, tmp_path, clean_env):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            "--dataset_name",
-            str(tmp_path),
-            "--preset",
-            "lale-tiny",
-            "--output_dir",
-            str(tmp_path / "o"),
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        "train.py",
+        ["--dataset_name", str(tmp_path), "--preset", "lale-tiny", "--output_dir", str(tmp_path / "o"), *args],
+        clean_env,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
@@ -158,14 +144,7 @@ def test_a_hub_outage_neither_aborts_training_nor_loses_the_model(s2glc_dataset,
 
 
 def run_evaluate(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "scripts/evaluate.py", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("evaluate.py", args, env)
 
 
 def test_evaluate_fails_before_evaluating_when_it_cannot_write(
@@ -210,21 +189,5 @@ def test_evaluate_refuses_a_checkpoint_with_other_class_names(s2glc_dataset, tmp
     refused = run_evaluate([*common, "--output_dir", str(tmp_path / "o")], clean_env)
     assert refused.returncode == 2
     assert "names its classes ['Crop', 'Tree'" in refused.stderr and "--ignore_label_names" in refused.stderr
-    check(
-        subprocess.run(
-            [
-                sys.executable,
-                "scripts/evaluate.py",
-                *common,
-                "--output_dir",
-                str(tmp_path / "o"),
-                "--ignore_label_names",
-            ],
-            cwd=REPO_ROOT,
-            env=clean_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    )
+    check(run_evaluate([*common, "--output_dir", str(tmp_path / "o"), "--ignore_label_names"], clean_env))
     assert json.loads((tmp_path / "o" / "eval_results.json").read_text())["num_samples"] == 2
