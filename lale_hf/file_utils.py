@@ -56,3 +56,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return path
+
+
+def make_readable(folder: str | os.PathLike):
+    """Gives the files directly in `folder` the permissions `open()` would have (some writers create them 0600)."""
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            os.chmod(path, _readable_mode())
+
+
+def publish_files(staging: str | os.PathLike, folder: str | os.PathLike):
+    """Moves every finished file of `staging` into `folder` by rename (each appears whole, readable by all), then
+    removes `staging`. For outputs that share their folder with others (a training run's model beside its
+    checkpoints), where `replace_folder` would replace too much."""
+    staging, folder = Path(staging), Path(folder)
+    make_readable(staging)
+    for path in staging.iterdir():
+        os.replace(path, folder / path.name)
+    staging.rmdir()

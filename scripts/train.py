@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from lale_hf import LALE_PRESETS, LaleConfig, LaleForSemanticSegmentation, hub_utils
 from lale_hf.argument_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
-from lale_hf.file_utils import replace_folder, write_atomic
+from lale_hf.file_utils import make_readable, publish_files, replace_folder, write_atomic
 from lale_hf.model_card import build_model_card
 from lale_hf.preprocessing import preprocessing_from_processor
 from lale_hf.training import (
@@ -737,23 +737,6 @@ def train(args):
             f"everything is saved in {output_dir}, but the push to {args.hub_model_id} failed after retries: "
             f"{push_error}. Push the folder later with `hf upload {args.hub_model_id} {output_dir}`."
         )
-
-
-def make_readable(folder: Path):
-    """Gives the files of `folder` the permissions of every other output (some writers create them 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            os.chmod(path, 0o666 & ~umask)
-
-
-def publish_files(staging: Path, folder: Path):
-    """Moves every file of `staging` into `folder` (readable by all, as other outputs), then removes `staging`."""
-    make_readable(staging)
-    for path in staging.iterdir():
-        os.replace(path, folder / path.name)
-    staging.rmdir()
 
 
 def push_folder(args, folder, message, attempts: int = PUSH_ATTEMPTS):

@@ -306,8 +306,11 @@ def test_sigkill_inside_a_mid_epoch_checkpoint_write_resumes_exactly(s2glc_datas
     assert latest.name == "step_4"
     position = TrainingState.load(latest)
     assert (position.epoch, position.batches_in_epoch) == (0, 4)  # the middle of an epoch
+    # What the killed write left must never be reused: it once ended up published inside the next step_8.
+    (interrupted / ".partial_step_8" / "left-by-the-kill.txt").write_text("junk")
 
     result = check(launch([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"], clean_env))
+    assert not (interrupted / "step_8" / "left-by-the-kill.txt").exists()
     assert "Resumed from checkpoint" in result.stdout + result.stderr and "step_4" in result.stdout + result.stderr
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(interrupted / "model.safetensors")

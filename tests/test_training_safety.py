@@ -191,3 +191,47 @@ def test_evaluate_refuses_a_checkpoint_with_other_class_names(s2glc_dataset, tmp
     assert "names its classes ['Crop', 'Tree'" in refused.stderr and "--ignore_label_names" in refused.stderr
     check(run_evaluate([*common, "--output_dir", str(tmp_path / "o"), "--ignore_label_names"], clean_env))
     assert json.loads((tmp_path / "o" / "eval_results.json").read_text())["num_samples"] == 2
+
+
+@pytest.mark.slow
+def test_a_label_outside_the_classes_stops_training_naming_the_example(s2glc_dataset, tmp_path, clean_env):
+    """Dice once clamped a label 9 of a 7-class dataset to class 6 and trained on."""
+    import numpy as np
+    from datasets import load_dataset
+    from PIL import Image
+
+    splits = load_dataset(str(s2glc_dataset))
+    bad = tmp_path / "bad-labels"
+    (bad / "data").mkdir(parents=True)
+    shutil.copy(s2glc_dataset / "id2label.json", bad / "id2label.json")
+    train = splits["train"].select(range(8))
+    name = train[5]["name"]
+
+    def plant_nine(example):
+        if example["name"] == name:
+            label = np.array(example["label"])
+            label[:3, :3] = 9
+            example["label"] = Image.fromarray(label)
+        return example
+
+    train.map(plant_nine).to_parquet(bad / "data" / "train-00000-of-00001.parquet")
+    splits["validation"].select(range(2)).to_parquet(bad / "data" / "validation-00000-of-00001.parquet")
+    for loss in ("dice", "ce"):
+        result = run_script(
+            "train.py",
+            [
+                "--dataset_name",
+                str(bad),
+                "--output_dir",
+                str(tmp_path / loss),
+                *SMALL_RUN,
+                "--loss",
+                loss,
+                "--max_train_steps",
+                "2",
+            ],
+            clean_env,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"split 'train', example {name}: label value 9 is outside the 7 classes" in result.stderr
+        assert not (tmp_path / loss / "model.safetensors").exists()
