@@ -22,10 +22,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = [sys.executable, str(REPO_ROOT / "scripts" / "demo.py")]
 SIZES = {"train": 16, "validation": 3, "test": 3, "synthetic": 2}
 TINY_JOB = [
-    "--num_train_samples", str(SIZES["train"]), "--num_eval_samples", str(SIZES["validation"]),
-    "--num_synthetic_samples", str(SIZES["synthetic"]), "--image_size", "64", "--batch_size", "4",
-    "--train_minutes", "0.05", "--eval_steps", "3", "--num_proc", "1",
-]  # fmt: skip
+    "--num_train_samples",
+    str(SIZES["train"]),
+    "--num_eval_samples",
+    str(SIZES["validation"]),
+    "--num_synthetic_samples",
+    str(SIZES["synthetic"]),
+    "--image_size",
+    "64",
+    "--batch_size",
+    "4",
+    "--train_minutes",
+    "0.05",
+    "--eval_steps",
+    "3",
+    "--num_proc",
+    "1",
+]
 # What the demo lists in demo_outputs.json (and prints), relative to its --output_dir; {stem} is the example's name.
 EXPECTED_OUTPUTS = {
     "data": "aras400k-sample",

@@ -79,16 +79,53 @@ def accumulation_runs(real_dataset, deterministic_lale_config, tmp_path_factory)
     labelled pixels (the real sample has no ignored pixel)."""
     env = subprocess_env()
     common = [
-        "--dataset_name", str(real_dataset), "--config_name", str(deterministic_lale_config), "--image_size", "64",
-        "--max_train_samples", "16", "--max_eval_samples", "4", "--per_device_eval_batch_size", "4",
-        "--no_augmentation", "--max_train_steps", "3", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
-        "--num_warmup_steps", "0", "--eval_steps", "100", "--seed", "3",
-    ]  # fmt: skip
+        "--dataset_name",
+        str(real_dataset),
+        "--config_name",
+        str(deterministic_lale_config),
+        "--image_size",
+        "64",
+        "--max_train_samples",
+        "16",
+        "--max_eval_samples",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--no_augmentation",
+        "--max_train_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--num_warmup_steps",
+        "0",
+        "--eval_steps",
+        "100",
+        "--seed",
+        "3",
+        # A class-weighted mean is normalised by each micro-batch's own weight sum: only the unweighted loss of two
+        # micro-batches averages to the doubled batch's.
+        "--class_weights",
+        "none",
+    ]
     runs = {}
     for name, (batch, accumulation) in ACCUMULATION_LAYOUTS.items():
         output = tmp_path_factory.mktemp(name)
-        check(launch([*common, "--per_device_train_batch_size", batch, "--gradient_accumulation_steps", accumulation,
-                      "--output_dir", str(output)], env))  # fmt: skip
+        check(
+            launch(
+                [
+                    *common,
+                    "--per_device_train_batch_size",
+                    batch,
+                    "--gradient_accumulation_steps",
+                    accumulation,
+                    "--output_dir",
+                    str(output),
+                ],
+                env,
+            )
+        )
         runs[name] = {"weights": load_file(output / "model.safetensors"), "results": results_of(output)}
     return runs
 
@@ -124,10 +161,28 @@ def test_time_budget_spent_before_planning_stops_and_records_why(real_dataset, t
     """A budget of 0.6 ms is spent by the first step, long before the run could plan its step count: it stops
     there, evaluates and saves, and says why. 50 epochs were asked for."""
     output = tmp_path / "run"
-    result = check(launch([
-        "--dataset_name", str(real_dataset), "--max_train_samples", "8", "--max_eval_samples", "4", *SMALL_RUN,
-        "--max_train_minutes", "1e-5", "--num_train_epochs", "50", "--eval_steps", "100", "--output_dir", str(output),
-    ], clean_env))  # fmt: skip
+    result = check(
+        launch(
+            [
+                "--dataset_name",
+                str(real_dataset),
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "4",
+                *SMALL_RUN,
+                "--max_train_minutes",
+                "1e-5",
+                "--num_train_epochs",
+                "50",
+                "--eval_steps",
+                "100",
+                "--output_dir",
+                str(output),
+            ],
+            clean_env,
+        )
+    )
     results = results_of(output)
     assert results["stop_reason"] == "time budget exceeded before the planned steps"
     assert results["stopped_by_time_budget"] is True
@@ -143,12 +198,28 @@ def test_time_budget_run_ends_on_its_planned_steps_with_the_learning_rate_at_zer
     records that the plan stopped it. The plan is made deterministic by resuming a checkpoint whose schedule
     holds 8 planned steps (the checkpoint of an 8-step run): a time-measured plan would depend on the machine."""
     common = [
-        "--dataset_name", str(real_dataset), "--max_train_samples", "16", "--max_eval_samples", "4", *SMALL_RUN,
-        "--lr_scheduler_type", "cosine", "--num_warmup_steps", "2", "--eval_steps", "100", "--max_train_minutes", "60",
-    ]  # fmt: skip
+        "--dataset_name",
+        str(real_dataset),
+        "--max_train_samples",
+        "16",
+        "--max_eval_samples",
+        "4",
+        *SMALL_RUN,
+        "--lr_scheduler_type",
+        "cosine",
+        "--num_warmup_steps",
+        "2",
+        "--eval_steps",
+        "100",
+        "--max_train_minutes",
+        "60",
+    ]
     by_steps = tmp_path / "by-steps"
-    check(launch([*common, "--max_train_steps", "8", "--checkpointing_steps", "6", "--output_dir", str(by_steps)],
-                 clean_env))  # fmt: skip
+    check(
+        launch(
+            [*common, "--max_train_steps", "8", "--checkpointing_steps", "6", "--output_dir", str(by_steps)], clean_env
+        )
+    )
     results = results_of(by_steps)
     assert (results["stop_reason"], results["stopped_by_time_budget"]) == ("max_train_steps", False)
     assert results["train_steps"] == 8 and results["final_learning_rate"] == 0.0
@@ -172,11 +243,30 @@ def epoch_checkpoint_run(real_dataset, tmp_path_factory) -> Path:
     """14 samples at batch 2 are 7 micro-batches an epoch; with 2 of them per optimizer step an epoch is 4 steps
     (the last step takes the odd micro-batch). Two epochs, a checkpoint at the end of each."""
     output = tmp_path_factory.mktemp("epoch-checkpoints") / "run"
-    check(launch([
-        "--dataset_name", str(real_dataset), "--max_train_samples", "14", "--max_eval_samples", "4", *SMALL_RUN,
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--num_train_epochs", "2",
-        "--checkpointing_steps", "epoch", "--output_dir", str(output),
-    ], subprocess_env()))  # fmt: skip
+    check(
+        launch(
+            [
+                "--dataset_name",
+                str(real_dataset),
+                "--max_train_samples",
+                "14",
+                "--max_eval_samples",
+                "4",
+                *SMALL_RUN,
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "2",
+                "--num_train_epochs",
+                "2",
+                "--checkpointing_steps",
+                "epoch",
+                "--output_dir",
+                str(output),
+            ],
+            subprocess_env(),
+        )
+    )
     return output
 
 
@@ -227,11 +317,31 @@ def test_config_name_trains_and_saves_a_segformer(real_dataset, tmp_path, clean_
     )
     assert sorted(p.name for p in config_dir.iterdir()) == ["config.json"]  # no processor: the model type's default
     output = tmp_path / "run"
-    check(launch([
-        "--dataset_name", str(real_dataset), "--config_name", str(config_dir), "--image_size", "64",
-        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4",
-        "--max_train_steps", "2", "--eval_steps", "100", "--output_dir", str(output),
-    ], clean_env))  # fmt: skip
+    check(
+        launch(
+            [
+                "--dataset_name",
+                str(real_dataset),
+                "--config_name",
+                str(config_dir),
+                "--image_size",
+                "64",
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "4",
+                "--per_device_train_batch_size",
+                "4",
+                "--max_train_steps",
+                "2",
+                "--eval_steps",
+                "100",
+                "--output_dir",
+                str(output),
+            ],
+            clean_env,
+        )
+    )
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "segformer" and config["architectures"] == ["SegformerForSemanticSegmentation"]
     assert config["hidden_sizes"] == [16, 32, 64, 128]
@@ -278,9 +388,16 @@ def test_include_synthetic_trains_on_train_and_synthetic(dataset_with_synthetic,
     from datasets import load_dataset
 
     common = [
-        "--dataset_name", str(dataset_with_synthetic), "--max_eval_samples", "4", *SMALL_RUN,
-        "--num_train_epochs", "1", "--eval_steps", "100",
-    ]  # fmt: skip
+        "--dataset_name",
+        str(dataset_with_synthetic),
+        "--max_eval_samples",
+        "4",
+        *SMALL_RUN,
+        "--num_train_epochs",
+        "1",
+        "--eval_steps",
+        "100",
+    ]
     runs = {}
     for name, extra in (("train", []), ("train+synthetic", ["--include_synthetic"])):
         output = tmp_path / name
@@ -320,9 +437,11 @@ def save_random_checkpoint(family: str, folder: Path) -> Path:
     torch.manual_seed(0)
     if family == "mobilevit":
         config = MobileViTConfig(
-            hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0,
+            hidden_sizes=[64, 80, 96],
+            neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
+            expand_ratio=2.0,
             id2label=id2label,
-        )  # fmt: skip
+        )
         model = MobileViTForSemanticSegmentation(config)
         # transformers draws batch-norm weights from N(0, 0.02), which shrinks activations to denormals.
         for module in model.modules():
@@ -390,12 +509,33 @@ def test_fine_tuned_checkpoint_keeps_its_processor_and_runs_in_a_pipeline(
 
     checkpoint = save_random_checkpoint(family, tmp_path / "checkpoint")
     output = tmp_path / "fine-tuned"
-    check(launch([
-        "--dataset_name", str(real_dataset), "--model_name_or_path", str(checkpoint), "--image_size", "64",
-        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "4", "--max_train_steps", "2", "--eval_steps", "100",
-        "--output_dir", str(output),
-    ], clean_env))  # fmt: skip
+    check(
+        launch(
+            [
+                "--dataset_name",
+                str(real_dataset),
+                "--model_name_or_path",
+                str(checkpoint),
+                "--image_size",
+                "64",
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "4",
+                "--per_device_train_batch_size",
+                "4",
+                "--per_device_eval_batch_size",
+                "4",
+                "--max_train_steps",
+                "2",
+                "--eval_steps",
+                "100",
+                "--output_dir",
+                str(output),
+            ],
+            clean_env,
+        )
+    )
     # The saved processor is the checkpoint's own, unchanged (same size, statistics and channel order).
     saved = json.loads((output / "preprocessor_config.json").read_text())
     original = json.loads((checkpoint / "preprocessor_config.json").read_text())
@@ -447,10 +587,22 @@ def test_train_exits_2_naming_the_missing_validation_split(dataset_without_valid
 
     output = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--dataset_name", str(dataset_without_validation), "--preset",
-         "lale-tiny", "--output_dir", str(output)],
-        cwd=REPO_ROOT, env=clean_env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset_name",
+            str(dataset_without_validation),
+            "--preset",
+            "lale-tiny",
+            "--output_dir",
+            str(output),
+        ],
+        cwd=REPO_ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"error: {dataset_without_validation} {MISSING_VALIDATION}" in result.stderr
     assert "Traceback" not in result.stderr

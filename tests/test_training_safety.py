@@ -50,7 +50,7 @@ def test_other_names_are_refused_unless_told():
         (["--learning_rate=-1e-3"], "--learning_rate: expected a positive number, got -1e-3"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps: expected a positive integer"),
         (["--ema_decay", "1"], "--ema_decay: expected a number in [0, 1), got 1"),
-        (["--class_weights", "1", "x"], "--class_weights takes 'auto' or numbers >= 0"),
+        (["--class_weights", "1", "x"], "--class_weights takes 'auto', 'none' or numbers >= 0"),
     ],
 )
 def test_bad_numbers_fail_at_parse_time(args, message, tmp_path, clean_env):
