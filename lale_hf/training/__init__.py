@@ -1,11 +1,13 @@
 """Training building blocks used by `train.py`: augmentation, datasets, losses, checkpoints, evaluation, recipe."""
 
+from .arguments import parse_training_args
 from .augmentation import OverheadAugmentation
 from .checkpoints import TrainingState, list_checkpoints
 from .errors import TrainingDataError, TrainingError
 from .evaluation import evaluate, json_ready, save_confusion_matrix_plot
 from .labels import align_classes_by_name
 from .losses import LOSSES, dice_loss, focal_loss, segmentation_loss
+from .models import build_model
 from .processors import training_image_processor
 from .recipe import (
     SCHEDULES,
@@ -26,6 +28,8 @@ from .tracking import push_allow_patterns, secret_values, tracked_hyperparameter
 
 
 __all__ = [
+    "build_model",
+    "parse_training_args",
     "align_classes_by_name",
     "LOSSES",
     "SCHEDULES",

@@ -30,6 +30,22 @@ class TrainingState:
     learning_rate_last: float | None = None
     budget_timing_start: float = 0.0
 
+    def summary(self) -> dict:
+        """What the run did, for `all_results.json`: steps, samples, time, losses, learning rate, evaluations."""
+        last_scores = [entry["eval_macro_f1"] for entry in self.eval_history[-5:]]
+        return {
+            "train_steps": self.completed_steps,
+            "train_samples": self.samples_seen,
+            "train_runtime_seconds": round(self.train_seconds, 2),
+            "train_samples_per_second": round(self.samples_seen / max(self.train_seconds, 1e-9), 3),
+            "train_loss_first": self.loss_history[0] if self.loss_history else None,
+            "train_loss_last": self.loss_history[-1] if self.loss_history else None,
+            "train_loss_history": self.loss_history,
+            "final_learning_rate": self.learning_rate_last,
+            "eval_history": self.eval_history,
+            "eval_macro_f1_spread_last5": (max(last_scores) - min(last_scores)) if last_scores else None,
+        }
+
     def save(self, folder: str | os.PathLike):
         write_atomic(Path(folder) / "training_state.json", json.dumps(dataclasses.asdict(self)))
 
