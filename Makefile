@@ -11,8 +11,9 @@ export TOKENIZERS_PARALLELISM := false
 
 env: $(STAMP)
 
-# Debian packages the tests use: tcmalloc (the allocator the README recommends, tested by test_allocator.py).
-SYSTEM_PACKAGES := libgoogle-perftools4
+# Debian packages the tests use: tcmalloc (the allocator the README recommends, tested by test_allocator.py),
+# Chromium and its driver (the Space's browser test), GDAL's command-line tools (ogrinfo reads the GeoPackage).
+SYSTEM_PACKAGES := libgoogle-perftools4 chromium chromium-driver gdal-bin
 system-packages:
 	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
