@@ -44,6 +44,7 @@ class Scaling:
     method: str
     peak: float | None = None
     gain: float | None = None
+    offset: float = 0.0
 
     def apply(self, bands: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """uint8 (H, W, C) from raw (H, W, C) values; pixels outside `valid` (default: the finite ones) become 0 and
@@ -53,6 +54,8 @@ class Scaling:
             valid = valid_mask(bands, None)
         if valid is not None:
             bands = np.where(valid[..., None], bands, np.zeros((), dtype=bands.dtype))
+        if self.offset:
+            bands = apply_offset(bands, self.offset)
         if self.method == "none":
             return np.asarray(bands, dtype=np.uint8)
         if self.method == "gain":
@@ -68,7 +71,19 @@ class Scaling:
             out["peak"] = self.peak
         if self.gain is not None:
             out["gain"] = self.gain
+        if self.offset:
+            out["offset"] = self.offset
         return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Scaling":
+        return cls(values["method"], values.get("peak"), values.get("gain"), values.get("offset", 0.0))
+
+
+def apply_offset(bands: np.ndarray, offset: float) -> np.ndarray:
+    """`bands + offset` as float32, clipped at 0: Sentinel-2 L2A from processing baseline 04.00 on stores
+    reflectance x 10000 + 1000 (`BOA_ADD_OFFSET = -1000`), so `--offset -1000` gives back reflectance x 10000."""
+    return np.maximum(np.asarray(bands, dtype=np.float32) + np.float32(offset), np.float32(0))
 
 
 def parse_scaling(scaling: str | float) -> tuple[str, float | None]:
@@ -95,9 +110,21 @@ def parse_scaling(scaling: str | float) -> tuple[str, float | None]:
     return "gain", gain
 
 
-def check_scaling(source, scaling: str | float = "auto") -> str:
+def check_offset(offset: float) -> float:
+    """A finite number (0: no offset); raises `InferenceError` otherwise."""
+    if isinstance(offset, bool) or not isinstance(offset, (int, float, np.number)) or not math.isfinite(offset):
+        raise InferenceError(f"--offset {offset!r}: expected a finite number added to raw values (e.g. -1000).")
+    return float(offset)
+
+
+def check_scaling(source, scaling: str | float = "auto", offset: float = 0.0) -> str:
     """Validates `scaling` for this source without reading pixels; returns the method that will be used."""
     method, _ = parse_scaling(scaling)
+    if check_offset(offset) and method in ("none", "auto") and source.dtype == np.uint8:
+        raise InferenceError(
+            f"{source.name}: --offset {offset:g} applies to raw reflectance, not to 8-bit input used as is; choose a "
+            "scaling (patch_max_median, per_patch_max, scene_max or a gain) or leave --offset at 0."
+        )
     if method == "auto":
         method = "none" if source.dtype == np.uint8 else "patch_max_median"
     if method == "none" and source.dtype != np.uint8:
@@ -109,17 +136,24 @@ def check_scaling(source, scaling: str | float = "auto") -> str:
 
 
 def resolve_scaling(
-    source, bands, scaling: str | float = "auto", block_size: int = ARAS_PATCH_SIZE, progress: bool = False
+    source,
+    bands,
+    scaling: str | float = "auto",
+    block_size: int = ARAS_PATCH_SIZE,
+    progress: bool = False,
+    offset: float = 0.0,
 ) -> Scaling:
     """Turns a scaling choice into a `Scaling`, reading the scene once (block by block) when it needs statistics.
 
     Blocks default to the ARAS400k patch size whatever the tile size: the statistic imitates the dataset's patches.
+    `offset` is added to raw values before anything else (`apply_offset`).
     """
-    method = check_scaling(source, scaling)
+    method = check_scaling(source, scaling, offset)
+    offset = float(offset)
     if method == "gain":
-        return Scaling("gain", gain=parse_scaling(scaling)[1])
+        return Scaling("gain", gain=parse_scaling(scaling)[1], offset=offset)
     if method in ("none", "per_patch_max"):
-        return Scaling(method)
+        return Scaling(method, offset=offset)
     nodata = nodata_values(source, bands)
     maxima = []
     starts = [(row, col) for row in range(0, source.height, block_size) for col in range(0, source.width, block_size)]
@@ -127,15 +161,17 @@ def resolve_scaling(
         window = source.read(bands, row, col, min(block_size, source.height - row), min(block_size, source.width - col))
         valid = valid_mask(window, nodata)
         values = window[valid] if valid is not None else window
+        if offset:
+            values = apply_offset(values, offset)
         if values.size:
             maxima.append(float(values.max()))
     if not maxima:
         raise no_valid_pixel_error(source, bands, nodata)
     maxima = [value for value in maxima if value > 0]
     if not maxima:
-        return Scaling(method, peak=0.0)
+        return Scaling(method, peak=0.0, offset=offset)
     peak = max(maxima) if method == "scene_max" else float(np.median(maxima))
-    return Scaling(method, peak=peak)
+    return Scaling(method, peak=peak, offset=offset)
 
 
 def no_valid_pixel_error(source, bands, nodata) -> InferenceError:
@@ -145,4 +181,12 @@ def no_valid_pixel_error(source, bands, nodata) -> InferenceError:
     )
 
 
-__all__ = ["SCALING_METHODS", "Scaling", "check_scaling", "parse_scaling", "resolve_scaling"]
+__all__ = [
+    "SCALING_METHODS",
+    "Scaling",
+    "apply_offset",
+    "check_offset",
+    "check_scaling",
+    "parse_scaling",
+    "resolve_scaling",
+]

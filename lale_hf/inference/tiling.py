@@ -126,16 +126,21 @@ def _read_tile(source, bands, nodata, scaling: Scaling, grid: TileGrid, y: int, 
 
 
 def _batches(
-    source, bands, nodata, scaling, grid, predictor, batch_size
+    source, bands, nodata, scaling, grid, predictor, batch_size, tile_rows: range
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-    """Batches of tiles, in raster order, and their logits."""
-    tiles = [(y, x) for y in grid.ys for x in grid.xs]
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        pixel_values = np.stack(
-            [predictor.normalize(_read_tile(source, bands, nodata, scaling, grid, y, x)) for y, x in chunk]
-        )
-        yield chunk, predictor(pixel_values)
+    """Batches of tiles, in raster order, and their logits.
+
+    A batch never spans two tile rows, so a tile row is batched the same way whichever block of rows it is
+    predicted in: batch composition can change a convolution's floating-point path, and blocks must be bit-exact.
+    """
+    for y in (grid.ys[index] for index in tile_rows):
+        tiles = [(y, x) for x in grid.xs]
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            pixel_values = np.stack(
+                [predictor.normalize(_read_tile(source, bands, nodata, scaling, grid, y, x)) for y, x in chunk]
+            )
+            yield chunk, predictor(pixel_values)
 
 
 def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int) -> np.ndarray:
@@ -185,20 +190,27 @@ def iter_label_rows(
     grid: TileGrid,
     batch_size: int = 8,
     progress: bool = True,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Predicts a scene tile by tile and yields `(first_row, class rows)` top to bottom, each row exactly once.
 
     Logits of overlapping tiles are averaged with `blend_weights` at 1/4 resolution in a buffer one tile high;
     logit rows no later tile reaches are normalised, upsampled and turned into class rows.
+
+    `rows=(row0, row1)` predicts only those output rows, from the tile rows `block_tile_rows` names (the block and
+    a halo); they equal, bit for bit, the same rows of a whole-scene run. A block does not check that the scene
+    holds a valid pixel: its caller does, over all blocks.
     """
     if batch_size < 1:
         raise InferenceError(f"--batch_size {batch_size}: expected a positive integer.")
     num_classes = len(predictor.id2label)
-    if grid.single:
-        cells_high, cells_wide = -(-grid.height // OUTPUT_STRIDE), -(-grid.width // OUTPUT_STRIDE)
-    else:
-        cells_high, cells_wide = grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
+    cells_high, cells_wide = logit_grid_shape(grid)
     tile_cells = -(-grid.tile_height // OUTPUT_STRIDE)
+    whole = rows is None or tuple(rows) == (0, grid.height)
+    row0, row1 = (0, grid.height) if rows is None else rows
+    tile_rows = block_tile_rows(grid, row0, row1)
+    # The logit rows the last output row needs: the final flush stops there.
+    last_cell = cells_high if whole else min(cells_high, (row1 - 1) // OUTPUT_STRIDE + 2)
     nodata = nodata_values(source, bands)
     masked = may_hold_nodata(source, nodata)
     valid_pixels = 0
@@ -208,8 +220,8 @@ def iter_label_rows(
     acc = weight = None
     acc_row = 0
     ready = torch.zeros(num_classes, 0, cells_wide)
-    ready_row = 0
-    emitted = 0
+    ready_row = grid.ys[tile_rows.start] // OUTPUT_STRIDE
+    emitted = row0
 
     def finish_rows(upto_cell: int):
         nonlocal acc, weight, acc_row, ready, ready_row, emitted, valid_pixels
@@ -219,7 +231,7 @@ def iter_label_rows(
         acc, weight, acc_row = acc[:, count:], weight[count:], upto_cell
         done = upto_cell >= cells_high
         # An output row needs the logit row below it, which must be final too.
-        limit = grid.height if done else min(grid.height, upto_cell * OUTPUT_STRIDE - 2)
+        limit = row1 if done else min(row1, upto_cell * OUTPUT_STRIDE - 2)
         if limit > emitted:
             labels = _upsample_to_labels(ready, ready_row, grid, emitted, limit)
             if masked:
@@ -229,8 +241,9 @@ def iter_label_rows(
             keep_from = max(emitted // OUTPUT_STRIDE - 1, 0)
             ready, ready_row = ready[:, keep_from - ready_row :], keep_from
 
-    with tqdm(total=grid.num_tiles, desc=Path(source.name).name, unit="tile", disable=not progress) as bar:
-        for tiles, logits in _batches(source, bands, nodata, scaling, grid, predictor, batch_size):
+    num_tiles = len(tile_rows) * len(grid.xs)
+    with tqdm(total=num_tiles, desc=Path(source.name).name, unit="tile", disable=not progress) as bar:
+        for tiles, logits in _batches(source, bands, nodata, scaling, grid, predictor, batch_size, tile_rows):
             if logits.shape[-2:] != (tile_cells, -(-grid.tile_width // OUTPUT_STRIDE)):
                 raise InferenceError(
                     f"The model returned logits of size {tuple(logits.shape[-2:])} for tiles of "
@@ -256,10 +269,46 @@ def iter_label_rows(
                 acc[:, : tile_logits.shape[-2], cell_x : cell_x + cells_x] += tile_logits * tile_weight
                 weight[: tile_logits.shape[-2], cell_x : cell_x + cells_x] += tile_weight
                 bar.update(1)
-        yield from finish_rows(cells_high)
-    if masked and not valid_pixels:
+        yield from finish_rows(last_cell)
+    if whole and masked and not valid_pixels:
         # Checked at the end for scalings without a first pass; the caller discards what was written.
         raise no_valid_pixel_error(source, bands, nodata)
+
+
+def logit_grid_shape(grid: TileGrid) -> tuple[int, int]:
+    """Rows and columns of the scene's blended logits at 1/4 resolution."""
+    if grid.single:
+        return -(-grid.height // OUTPUT_STRIDE), -(-grid.width // OUTPUT_STRIDE)
+    return grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
+
+
+def block_tile_rows(grid: TileGrid, row0: int, row1: int) -> range:
+    """The tile rows (indexes into `grid.ys`) whose tiles reach the logit rows output rows [row0, row1) need.
+
+    Bilinear upsampling by 4 reads the logit rows from `row0 // 4 - 1` to `(row1 - 1) // 4 + 1`; every tile that
+    covers one of them is included, in the order a whole-scene run adds them, so their blended values are the same
+    floating-point sums.
+    """
+    if not 0 <= row0 < row1 <= grid.height:
+        raise InferenceError(f"Rows [{row0}, {row1}) lie outside the scene's {grid.height} rows.")
+    cells_high, _ = logit_grid_shape(grid)
+    tile_cells = -(-grid.tile_height // OUTPUT_STRIDE)
+    low = max(row0 // OUTPUT_STRIDE - 1, 0)
+    high = min((row1 - 1) // OUTPUT_STRIDE + 1, cells_high - 1)
+    needed = [i for i, y in enumerate(grid.ys) if y // OUTPUT_STRIDE <= high and y // OUTPUT_STRIDE + tile_cells > low]
+    return range(needed[0], needed[-1] + 1)
+
+
+def split_rows(grid: TileGrid, tile_rows_per_block: int) -> list[tuple[int, int]]:
+    """Output-row ranges of blocks of `tile_rows_per_block` whole tile rows each, covering the scene once.
+
+    Block k starts where its first tile row starts, so blocks follow the tile grid and depend on nothing else (not
+    on the number of processes).
+    """
+    if tile_rows_per_block < 1:
+        raise InferenceError(f"--block_rows {tile_rows_per_block}: expected a positive number of tile rows.")
+    starts = [grid.ys[i] for i in range(0, len(grid.ys), tile_rows_per_block)]
+    return list(zip(starts, [*starts[1:], grid.height], strict=True))
 
 
 def _mask_nodata(source, bands, nodata: np.ndarray | None, labels: np.ndarray, row0: int) -> int:
@@ -275,4 +324,14 @@ def _mask_nodata(source, bands, nodata: np.ndarray | None, labels: np.ndarray, r
     return valid_pixels
 
 
-__all__ = ["OUTPUT_STRIDE", "TileGrid", "blend_weights", "check_tiling", "iter_label_rows", "plan_tiles"]
+__all__ = [
+    "OUTPUT_STRIDE",
+    "TileGrid",
+    "blend_weights",
+    "block_tile_rows",
+    "check_tiling",
+    "iter_label_rows",
+    "logit_grid_shape",
+    "plan_tiles",
+    "split_rows",
+]
