@@ -7,7 +7,7 @@ export HF_HOME := $(CURDIR)/.venv/hf-home
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test demo system-packages lint
+.PHONY: env test demo system-packages lint app
 
 env: $(STAMP)
 
@@ -42,3 +42,11 @@ test: env system-packages lint
 demo: env
 	mkdir -p $(HF_HOME)
 	$(VENV)/bin/python scripts/demo.py --overwrite $(DEMO_ARGS)
+
+# The Space (spaces/lale/app.py) on the checkpoint `make demo` trains, trained first when missing.
+# APP_ARGS="--port 7861 --max_megapixels 64" passes options on.
+DEMO_MODEL := outputs/demo/lale-tiny
+app: env
+	@test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo
+	mkdir -p $(HF_HOME)
+	$(VENV)/bin/python spaces/lale/app.py --model $(DEMO_MODEL) $(APP_ARGS)
