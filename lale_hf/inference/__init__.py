@@ -29,6 +29,7 @@ from .sources import (
 )
 from .statistics import AreaStatistics
 from .tiling import OUTPUT_STRIDE, TileGrid, blend_weights, iter_label_rows, plan_tiles
+from .tta import TTA_MODES, TestTimeAugmentation
 from .writers import output_paths
 
 
@@ -68,4 +69,6 @@ __all__ = [
     "relative_error",
     "resolve_bands",
     "resolve_scaling",
+    "TTA_MODES",
+    "TestTimeAugmentation",
 ]

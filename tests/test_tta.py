@@ -1,0 +1,187 @@
+"""Test-time augmentation: flip and D4 logits equal the mean of the model's logits over the transformed copies, each
+transformed back (reference computed here with explicit torch.flip/rot90), the averaged model is equivariant, ONNX
+models without dynamic axes are refused, and the TTA benchmark runs on real patches."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lale_hf import LaleImageProcessor
+from lale_hf.inference import InferenceError, OnnxPredictor, TestTimeAugmentation, TorchPredictor
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+H, W = (-2, -1)
+
+
+def hflip(x):
+    return torch.flip(x, dims=(W,))
+
+
+def vflip(x):
+    return torch.flip(x, dims=(H,))
+
+
+def transpose(x):
+    return x.transpose(H, W)
+
+
+# (forward on the input, backward on the logits), written out one by one rather than generated.
+FLIP_REFERENCE = [
+    (lambda x: x, lambda y: y),
+    (hflip, hflip),
+    (vflip, vflip),
+    (lambda x: hflip(vflip(x)), lambda y: vflip(hflip(y))),
+]
+D4_REFERENCE = FLIP_REFERENCE + [
+    (lambda x: torch.rot90(x, 1, dims=(H, W)), lambda y: torch.rot90(y, -1, dims=(H, W))),
+    (lambda x: torch.rot90(x, 3, dims=(H, W)), lambda y: torch.rot90(y, 1, dims=(H, W))),
+    (transpose, transpose),
+    (lambda x: torch.rot90(x, 2, dims=(H, W)).transpose(H, W), lambda y: torch.rot90(y.transpose(H, W), 2, (H, W))),
+]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model) -> TorchPredictor:
+    return TorchPredictor(tiny_model, LaleImageProcessor())
+
+
+def model_logits(model, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(pixel_values=pixels).logits.float()
+
+
+def asymmetric_input(height: int, width: int, batch: int = 2) -> np.ndarray:
+    """Random pixels plus a ramp and a corner block: no flip or rotation maps it onto itself."""
+    generator = np.random.default_rng(0)
+    pixels = generator.normal(size=(batch, 3, height, width)).astype(np.float32)
+    pixels += np.linspace(-2, 2, width, dtype=np.float32)[None, None, None, :]
+    pixels[:, :, : height // 3, : width // 5] += 3.0
+    return pixels
+
+
+@pytest.mark.parametrize(
+    ("mode", "reference", "size"),
+    [("flip", FLIP_REFERENCE, (64, 96)), ("d4", D4_REFERENCE, (64, 64)), ("d4", D4_REFERENCE, (64, 96))],
+)
+def test_tta_is_the_mean_of_copies_transformed_back(predictor, tiny_model, mode, reference, size):
+    pixels = asymmetric_input(*size)
+    torch_pixels = torch.from_numpy(pixels)
+    backs = [backward(model_logits(tiny_model, forward(torch_pixels).contiguous())) for forward, backward in reference]
+    expected = torch.stack(backs).mean(dim=0)
+    logits = TestTimeAugmentation(predictor, mode)(pixels)
+    assert logits.shape == (2, tiny_model.config.num_labels, size[0] // 4, size[1] // 4)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    # Not vacuous: the model is not equivariant, so each copy brings other logits and the mean differs from one pass.
+    plain = backs[0]
+    assert all((back - plain).abs().max() > 1e-2 for back in backs[1:])
+    assert (logits - plain).abs().max() > 1e-2
+
+
+def test_d4_tta_is_equivariant_and_chunking_changes_nothing(predictor):
+    pixels = asymmetric_input(64, 64)
+    tta = TestTimeAugmentation(predictor, "d4")
+    logits = tta(pixels)
+    rotated = tta(np.ascontiguousarray(np.rot90(pixels, 1, axes=(H, W))))
+    torch.testing.assert_close(rotated, torch.rot90(logits, 1, dims=(H, W)), rtol=1e-4, atol=1e-4)
+    flipped = TestTimeAugmentation(predictor, "flip")(np.ascontiguousarray(pixels[..., ::-1]))
+    torch.testing.assert_close(flipped, hflip(TestTimeAugmentation(predictor, "flip")(pixels)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(TestTimeAugmentation(predictor, "d4", max_batch_size=3)(pixels), logits)
+    torch.testing.assert_close(TestTimeAugmentation(predictor, "none")(pixels), predictor(pixels))
+
+
+def test_bad_settings_are_refused(predictor):
+    with pytest.raises(InferenceError, match="--tta 'd8': expected one of none, flip, d4"):
+        TestTimeAugmentation(predictor, "d8")
+    with pytest.raises(InferenceError, match="max_batch_size"):
+        TestTimeAugmentation(predictor, "flip", max_batch_size=0)
+    with pytest.raises(InferenceError, match="multiples of 4"):
+        TestTimeAugmentation(predictor, "flip")(asymmetric_input(62, 64))
+
+
+def export_static_onnx(model, path: Path, shape=(1, 3, 64, 64)):
+    """The model exported with fixed input axes (no dynamic_shapes), with the metadata OnnxPredictor reads."""
+    from lale_hf.inference import LogitsOnly
+    from lale_hf.preprocessing import preprocessing_from_processor
+
+    program = torch.onnx.export(
+        LogitsOnly(model).eval(),
+        (torch.zeros(*shape),),
+        dynamo=True,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        verbose=False,
+    )
+    proto = program.model_proto
+    metadata = {
+        "id2label": json.dumps({str(k): v for k, v in model.config.id2label.items()}),
+        "preprocessing": json.dumps(preprocessing_from_processor(LaleImageProcessor()).to_dict()),
+    }
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_onnx_without_dynamic_axes_is_refused(tiny_model, tmp_path):
+    path = export_static_onnx(tiny_model, tmp_path / "static.onnx")
+    static = OnnxPredictor(path)
+    assert static.session.get_inputs()[0].shape == [1, 3, 64, 64]
+    for mode in ("flip", "d4"):
+        with pytest.raises(InferenceError, match=r"static\.onnx.*fixed axes \(batch=1, height=64, width=64\).*dynamic"):
+            TestTimeAugmentation(static, mode)
+    # Without TTA the file works as before, on the one shape it takes.
+    pixels = asymmetric_input(64, 64, batch=1)
+    torch.testing.assert_close(TestTimeAugmentation(static, "none")(pixels), static(pixels))
+
+
+@pytest.mark.slow
+def test_onnx_with_dynamic_axes_gives_the_same_tta_as_pytorch(tiny_model, predictor, tmp_path):
+    from lale_hf.inference import export_onnx
+
+    onnx_predictor = OnnxPredictor(export_onnx(tiny_model, tmp_path / "dynamic.onnx"))
+    pixels = asymmetric_input(64, 96)
+    expected = TestTimeAugmentation(predictor, "d4")(pixels)
+    torch.testing.assert_close(TestTimeAugmentation(onnx_predictor, "d4")(pixels), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_runs_on_real_patches(s2glc_sample, lale_tiny_checkpoint, tmp_path, clean_env):
+    output = tmp_path / "tta.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "benchmark_tta.py"),
+            "--data_dir",
+            str(s2glc_sample / "val"),
+            "--models",
+            str(lale_tiny_checkpoint),
+            "--max_patches",
+            "3",
+            "--rounds",
+            "1",
+            "--json",
+            str(output),
+            "--plot",
+            str(tmp_path / "reliability.png"),
+        ],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["num_patches"] == 3 and report["num_pixels"] == 3 * 256 * 256
+    for mode in ("none", "flip", "d4"):
+        scores = report["modes"][mode]
+        assert 0 <= scores["macro_f1"]["mean"] <= 1 and 0 <= scores["ece_top_probability"]["mean"] <= 1
+        assert scores["seconds_per_mpx"]["mean"] > 0
+    assert report["modes"]["none"]["time_ratio_vs_none"]["mean"] == 1.0
+    assert "| d4 |" in result.stdout
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
