@@ -185,3 +185,58 @@ def test_benchmark_runs_on_real_patches(s2glc_sample, lale_tiny_checkpoint, tmp_
     assert report["modes"]["none"]["time_ratio_vs_none"]["mean"] == 1.0
     assert "| d4 |" in result.stdout
     assert (tmp_path / "reliability.png").stat().st_size > 1000
+
+
+# Calibration (lale_hf.inference.calibration) on constructed pixels whose ECE is known by hand.
+
+
+def constructed_pixels():
+    """Bin [0.2, 0.3): 100 pixels at 0.25, 25 right (gap 0). Bin [0.9, 1.0]: 100 at 0.95 with 80 right and 50 at 1.0
+    all right (mean confidence 0.9667, accuracy 0.8667, gap 0.1). 30 ignored pixels at 0.55, all wrong.
+    ECE = 150 / 250 * 0.1 = 0.06; MCE 0.1."""
+    confidence = np.concatenate([np.full(100, 0.25), np.full(100, 0.95), np.full(50, 1.0), np.full(30, 0.55)])
+    correct = np.concatenate([np.arange(100) < 25, np.arange(100) < 80, np.ones(50, bool), np.zeros(30, bool)])
+    references = np.concatenate([np.zeros(250, np.uint8), np.full(30, 255, np.uint8)])
+    return confidence.astype(np.float32), correct, references
+
+
+def test_expected_calibration_error_of_constructed_pixels(tmp_path):
+    from lale_hf.inference.calibration import ReliabilityBins, expected_calibration_error, plot_reliability_diagram
+
+    confidence, correct, references = constructed_pixels()
+    assert expected_calibration_error(confidence, correct, references) == pytest.approx(0.06, abs=1e-6)
+    # Counted, the ignored pixels would sit in bin [0.5, 0.6) with a gap of 0.55.
+    assert expected_calibration_error(confidence, correct) == pytest.approx((15 + 30 * 0.55) / 280, abs=1e-6)
+    bins = ReliabilityBins().update(confidence, correct, references)
+    report = bins.to_dict()
+    assert report["pixels"] == 250 and report["mce"] == pytest.approx(0.1, abs=1e-6)
+    assert [row["pixels"] for row in report["bins"]] == [0, 0, 100, 0, 0, 0, 0, 0, 0, 150]
+    assert report["bins"][9]["accuracy"] == pytest.approx(130 / 150) and report["bins"][0]["accuracy"] is None
+    # Additive: two halves merged give the whole.
+    halves = ReliabilityBins().update(confidence[::2], correct[::2], references[::2])
+    halves.merge(ReliabilityBins().update(confidence[1::2], correct[1::2], references[1::2]))
+    assert halves.expected_calibration_error() == pytest.approx(0.06, abs=1e-6)
+    # A perfectly calibrated set scores 0.
+    assert expected_calibration_error(np.full(10, 0.7), np.arange(10) < 7) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bins.update(np.array([1.2]), np.array([True]))
+    path = plot_reliability_diagram({"constructed": bins, "halves": halves}, tmp_path / "reliability.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*partial"))
+
+
+def test_top_probability_bins_and_error_detection():
+    from lale_hf.inference.calibration import ErrorDetection, ReliabilityBins, confidence_scores
+
+    probabilities = torch.tensor([[0.75, 0.15, 0.1], [0.45, 0.35, 0.2], [1 / 3, 1 / 3, 1 / 3]]).T.reshape(1, 3, 1, 3)
+    references = torch.tensor([[[0, 1, 255]]])
+    bins = ReliabilityBins().update_from_probabilities(probabilities, references)
+    assert bins.pixels[7] == 1 and bins.correct[7] == 1 and bins.pixels[4] == 1 and bins.correct[4] == 0
+    assert bins.expected_calibration_error() == pytest.approx((0.25 + 0.45) / 2)
+    scores = confidence_scores(probabilities)
+    torch.testing.assert_close(scores["margin"][0, 0], torch.tensor([0.6, 0.1, 0.0]))
+    assert scores["certainty"][0, 0, 2] == pytest.approx(0, abs=1e-6) and scores["certainty"][0, 0, 0] > 0.1
+    score = np.array([0.9, 0.8, 0.3, 0.2])
+    assert ErrorDetection().update(score, np.array([1, 1, 0, 0])).auroc() == 1.0
+    assert ErrorDetection().update(score, np.array([0, 0, 1, 1])).auroc() == 0.0
+    assert ErrorDetection().update(np.full(4, 0.5), np.array([1, 0, 1, 0])).auroc() == 0.5
+    assert ErrorDetection().update(score, np.array([1, 0, 1, 0])).auroc() == 0.75

@@ -10,6 +10,7 @@ Memory is bounded by the window buffers, not the scene. rasterio (extra `geo`) a
 are imported only when a raster or an ONNX model is used.
 """
 
+from .calibration import ErrorDetection, ReliabilityBins, expected_calibration_error, plot_reliability_diagram
 from .errors import InferenceError
 from .export_utils import LogitsOnly, relative_error
 from .onnx_export import compare_with_onnx, export_onnx
@@ -71,4 +72,8 @@ __all__ = [
     "resolve_scaling",
     "TTA_MODES",
     "TestTimeAugmentation",
+    "ErrorDetection",
+    "ReliabilityBins",
+    "expected_calibration_error",
+    "plot_reliability_diagram",
 ]
