@@ -13,9 +13,21 @@ are imported only when a raster or an ONNX model is used.
 from .calibration import ErrorDetection, ReliabilityBins, expected_calibration_error, plot_reliability_diagram
 from .errors import InferenceError
 from .export_utils import LogitsOnly, relative_error
+from .half_precision import HALF_DTYPES, WeightConversionError, check_half_dtype, save_half_precision, to_half_precision
 from .onnx_export import compare_with_onnx, export_onnx
 from .prediction import InputPlan, PredictionSettings, predict_file, predict_image, predict_paths
 from .predictors import OnnxPredictor, Predictor, TorchPredictor, compile_for_inference, load_predictor
+from .quantization import (
+    CALIBRATION_METHODS,
+    QUANTIZE_CHOICES,
+    QuantizationError,
+    QuantizationSettings,
+    check_quantize_choice,
+    is_quantized,
+    load_calibration_images,
+    quantization_record,
+    quantize_onnx,
+)
 from .scaling import SCALING_METHODS, Scaling, check_scaling, resolve_scaling
 from .sources import (
     IMAGE_SUFFIXES,
@@ -76,4 +88,19 @@ __all__ = [
     "ReliabilityBins",
     "expected_calibration_error",
     "plot_reliability_diagram",
+    # int8 ONNX and half-precision weights (docs/quantization.md)
+    "CALIBRATION_METHODS",
+    "HALF_DTYPES",
+    "QUANTIZE_CHOICES",
+    "QuantizationError",
+    "QuantizationSettings",
+    "WeightConversionError",
+    "check_half_dtype",
+    "check_quantize_choice",
+    "is_quantized",
+    "load_calibration_images",
+    "quantization_record",
+    "quantize_onnx",
+    "save_half_precision",
+    "to_half_precision",
 ]

@@ -41,10 +41,20 @@ def import_onnx():
     return onnx
 
 
+# Remote rasters: no directory listing on open (one request instead of many), a few retries for flaky networks.
+REMOTE_READ_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.img",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+}
+
+
 def rasterio_env():
-    """rasterio's GDAL environment with a bounded block cache; a GDAL_CACHEMAX set by the user wins."""
-    limit = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
-    return import_rasterio().Env(**limit)
+    """rasterio's GDAL environment with a bounded block cache and the remote-read options; settings in the
+    environment (GDAL_CACHEMAX, GDAL_HTTP_MAX_RETRY...) win."""
+    options = {"GDAL_CACHEMAX": GDAL_CACHE_BYTES, **REMOTE_READ_OPTIONS}
+    return import_rasterio().Env(**{key: value for key, value in options.items() if key not in os.environ})
 
 
 def optional_rasterio_env():

@@ -4,7 +4,6 @@ Every input is checked before any prediction starts (readable, bands, scaling, t
 (class raster, colourised preview with a legend, statistics as JSON and CSV) appear together, only when complete.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,21 +12,34 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .block_prediction import assemble_input, predict_blocks
+from .distributed import ProcessGroup, WorkItem, assign_work
 from .errors import InferenceError
 from .extras import optional_rasterio_env
-from .predictors import Predictor, load_predictor
-from .scaling import DEPRECATED_SCALING_NAMES, Scaling, check_scaling, parse_scaling, resolve_scaling
+from .mosaic import MosaicInput, build_mosaic
+from .predictors import PREDICTION_DTYPES, Predictor, load_predictor, model_fingerprint
+from .run_state import RunFolder
+from .scaling import (
+    DEPRECATED_SCALING_NAMES,
+    Scaling,
+    check_offset,
+    check_scaling,
+    parse_scaling,
+    resolve_scaling,
+)
 from .sources import NODATA_CLASS, ImageSource, expand_inputs, open_source, parse_bands, resolve_bands
-from .statistics import AreaStatistics, statistics_csv
-from .tiling import TileGrid, check_tiling, iter_label_rows, plan_tiles
-from .visualization import colorize_with_legend, palette_for_labels
-from .writers import GeoTiffWriter, PngWriter, Preview, StagedFiles, output_paths
+from .tiling import check_tiling, iter_label_rows, plan_tiles, split_rows
+from .visualization import palette_for_labels
+from .writers import output_paths
 
 
 BLENDING = (
     "weighted mean of logits at 1/4 resolution with linear ramps over tile overlaps, then bilinear upsampling and "
     "argmax"
 )
+
+
+OUTPUT_LAYOUTS = ("cog", "tiles")
 
 
 def _positive_int(value, option: str) -> int:
@@ -42,9 +54,13 @@ class PredictionSettings:
     `predict_image` share, validated once when built.
 
     `bands`: 1-based R, G, B band numbers ("3,2,1" or (3, 2, 1); None: the input's RGB). `scaling`: one of
-    `SCALING_METHODS` or a positive gain (see `Scaling`). `tile_size` (a multiple of 32) and `overlap` (fraction
-    of a tile, 0 to 0.5): the sliding windows. `batch_size`: tiles per model call. `preview_size`: longest side of
-    the colourised preview. `overwrite`: replace existing outputs. `progress`: show progress bars.
+    `SCALING_METHODS` or a positive gain (see `Scaling`); `offset`: added to raw values first (-1000 for
+    Sentinel-2 L2A from processing baseline 04.00 on). `tile_size` (a multiple of 32) and `overlap` (fraction of a
+    tile, 0 to 0.5): the sliding windows. `batch_size`: tiles per model call. `preview_size`: longest side of the
+    colourised preview. `overwrite`: replace existing outputs. `progress`: show progress bars. `block_rows`: tile
+    rows per block, the unit of work split between processes and of `resume`. `output_layout`: "cog" (one
+    Cloud-Optimized GeoTIFF per georeferenced input) or "tiles" (a VRT over one COG per block). `resume`: finish
+    an interrupted run in the same output folder. `dtype`: "fp32", or "bf16" autocast on CUDA.
     """
 
     bands: tuple[int, int, int] | str | None = None
@@ -55,6 +71,11 @@ class PredictionSettings:
     preview_size: int = 2048
     overwrite: bool = False
     progress: bool = True
+    offset: float = 0.0
+    block_rows: int = 8
+    output_layout: str = "cog"
+    resume: bool = False
+    dtype: str = "fp32"
 
     def __post_init__(self):
         if self.bands is not None:
@@ -65,57 +86,78 @@ class PredictionSettings:
         check_tiling(self.tile_size, self.overlap)
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "--batch_size"))
         object.__setattr__(self, "preview_size", _positive_int(self.preview_size, "--preview_size"))
+        object.__setattr__(self, "block_rows", _positive_int(self.block_rows, "--block_rows"))
+        object.__setattr__(self, "offset", check_offset(self.offset))
+        if self.output_layout not in OUTPUT_LAYOUTS:
+            raise InferenceError(
+                f"--output_layout {self.output_layout!r}: expected one of {', '.join(OUTPUT_LAYOUTS)}."
+            )
+        if self.dtype not in PREDICTION_DTYPES:
+            raise InferenceError(f"--dtype {self.dtype!r}: expected one of {', '.join(PREDICTION_DTYPES)}.")
 
 
 @dataclass(frozen=True)
 class InputPlan:
-    """What was checked about one input before predicting: its bands, scaling method and output paths."""
+    """What was checked about one input before predicting: its size, bands, scaling method and output paths."""
 
-    path: Path
+    path: Path | str | MosaicInput
     bands: tuple[int, int, int]
     scaling_method: str
     outputs: dict[str, Path]
+    height: int = 0
+    width: int = 0
+    georeferenced: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name if isinstance(self.path, MosaicInput) else Path(str(self.path)).name
 
 
-def plan_input(path: str | os.PathLike, output_dir: str | os.PathLike, settings: PredictionSettings) -> InputPlan:
+def plan_input(
+    path, output_dir: str | os.PathLike, settings: PredictionSettings, check_existing: bool = True
+) -> InputPlan:
     """Everything about one input that can be checked without predicting: readable, bands, scaling, outputs."""
     source = open_source(path)
     try:
         band_indexes = resolve_bands(source, settings.bands)
-        method = check_scaling(source, settings.scaling)
+        method = check_scaling(source, settings.scaling, settings.offset)
         plan_tiles(source.height, source.width, settings.tile_size, settings.overlap)
-        outputs = output_paths(path, output_dir, source.georeferenced)
+        outputs = output_paths(path, output_dir, source.georeferenced, settings.output_layout)
+        size = (source.height, source.width, source.georeferenced)
     finally:
         source.close()
-    if not settings.overwrite:
+    if check_existing and not settings.overwrite:
         existing = [str(p) for p in outputs.values() if p.exists()]
         if existing:
             raise FileExistsError(
                 f"{path}: outputs already exist ({', '.join(existing)}); pass --overwrite to replace them."
             )
-    return InputPlan(Path(path), band_indexes, method, outputs)
+    return InputPlan(path, band_indexes, method, outputs, *size)
 
 
-def prediction_metadata(
-    plan: InputPlan, source, predictor: Predictor, scaling: Scaling, grid: TileGrid, palette, tile_size: int
-) -> dict:
+def prediction_metadata(plan: InputPlan, source, predictor: Predictor, scaling: Scaling, settings) -> dict:
     """Every setting a prediction used, recorded in the stats JSON, GeoTIFF tags and PNG text."""
     from .. import __version__
 
+    grid = plan_tiles(plan.height, plan.width, settings.tile_size, settings.overlap)
+    palette = palette_for_labels(predictor.id2label)
+    mosaic = plan.path if isinstance(plan.path, MosaicInput) else None
     return {
         "lale_hf_version": __version__,
         "model": predictor.name,
         "backend": predictor.backend,
-        "input": str(plan.path),
+        "input": mosaic.name if mosaic else str(plan.path),
+        "mosaic_of": list(mosaic.files) if mosaic else None,
         "input_size": [source.height, source.width],
         "input_dtype": str(source.dtype),
         "bands": list(plan.bands),
         "scaling": scaling.to_dict(),
         "preprocessing": predictor.preprocessing.to_dict(),
-        "tile_size": tile_size,
+        "tile_size": settings.tile_size,
         "overlap": grid.overlap,
         "num_tiles": grid.num_tiles,
         "blending": BLENDING,
+        "dtype": settings.dtype,
         "classes": {str(index): label for index, label in sorted(predictor.id2label.items())},
         "palette": [list(map(int, color)) for color in palette],
         "nodata_class": NODATA_CLASS,
@@ -124,71 +166,67 @@ def prediction_metadata(
     }
 
 
-def _predict_and_stage(plan: InputPlan, source, predictor: Predictor, settings: PredictionSettings, staged) -> dict:
-    scaling = resolve_scaling(source, plan.bands, settings.scaling, progress=settings.progress)
-    grid = plan_tiles(source.height, source.width, settings.tile_size, settings.overlap)
-    palette = palette_for_labels(predictor.id2label)
-    metadata = prediction_metadata(plan, source, predictor, scaling, grid, palette, settings.tile_size)
-    classes_path = staged.stage(plan.outputs["classes"])
-    if source.georeferenced:
-        writer = GeoTiffWriter(classes_path, source, palette, metadata)
-    else:
-        writer = PngWriter(classes_path, source, metadata)
-    crs = source.crs if source.georeferenced else None
-    statistics = AreaStatistics(predictor.id2label, source.height, source.width, crs, source.transform)
-    preview = Preview(source.height, source.width, settings.preview_size)
-    rows = iter_label_rows(source, predictor, plan.bands, scaling, grid, settings.batch_size, settings.progress)
-    try:
-        for row0, labels in rows:
-            writer.write(row0, labels)
-            statistics.update(row0, labels)
-            preview.update(row0, labels)
-    finally:
-        writer.close()
-    stats = {**statistics.to_dict(), "prediction": metadata}
-    annotations = {item["id"]: f"{item['percent']:.1f} %" for item in stats["classes"]}
-    title = f"{plan.path.name} ({source.width}x{source.height} px)"
-    figure = colorize_with_legend(preview.labels, predictor.id2label, palette, annotations=annotations, title=title)
-    figure.save(staged.stage(plan.outputs["color"]), format="PNG")
-    staged.stage(plan.outputs["stats_json"]).write_text(json.dumps(stats, indent=2) + "\n")
-    staged.stage(plan.outputs["stats_csv"]).write_text(statistics_csv(stats))
-    return stats
+def _run_description(plans: list[InputPlan], predictor: Predictor, settings: PredictionSettings, mosaic) -> dict:
+    """The settings that shape the outputs: recorded in the run folder, compared on --resume."""
+    return {
+        "model": predictor.name,
+        "model_sha256": model_fingerprint(predictor),
+        "backend": predictor.backend,
+        "inputs": [[str(plan.path), plan.height, plan.width] for plan in plans],
+        "mosaic": list(mosaic.files) if mosaic else None,
+        "bands": [list(plan.bands) for plan in plans],
+        "scaling": settings.scaling,
+        "offset": settings.offset,
+        "tile_size": settings.tile_size,
+        "overlap": settings.overlap,
+        "batch_size": settings.batch_size,
+        "block_rows": settings.block_rows,
+        "dtype": settings.dtype,
+        "output_layout": settings.output_layout,
+        "preview_size": settings.preview_size,
+        "products": {},
+    }
 
 
-def run_plan(plan: InputPlan, predictor: Predictor, settings: PredictionSettings) -> dict:
-    """Predicts one planned input and publishes its outputs; returns the statistics with the output paths."""
-    source = open_source(plan.path)
-    try:
-        with StagedFiles() as staged:
-            stats = _predict_and_stage(plan, source, predictor, settings, staged)
-    finally:
-        source.close()
-    return {**stats, "outputs": {key: str(value) for key, value in plan.outputs.items()}}
+def _work_items(plans: list[InputPlan], settings: PredictionSettings) -> list[WorkItem]:
+    items = []
+    for index, plan in enumerate(plans):
+        grid = plan_tiles(plan.height, plan.width, settings.tile_size, settings.overlap)
+        for row0, row1 in split_rows(grid, settings.block_rows):
+            items.append(WorkItem(index, row0, row1, (row1 - row0) * plan.width))
+    return items
 
 
-def predict_file(
-    path: str | os.PathLike,
-    model,
-    output_dir: str | os.PathLike,
-    bands: Sequence[int] | str | None = None,
-    scaling: str | float = "auto",
-    tile_size: int = 256,
-    overlap: float = 0.25,
-    batch_size: int = 8,
-    preview_size: int = 2048,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
+def _prepare_run(run_folder: RunFolder, plans, description: dict, settings: PredictionSettings) -> None:
+    """Main process: creates or checks the run folder and records the scalings (first passes) and blocks."""
+    if run_folder.exists() and settings.resume:
+        run_folder.start(description, resume=True, overwrite=False)
+        return
+    scalings = []
+    for plan in plans:
+        source = open_source(plan.path)
+        try:
+            scalings.append(
+                resolve_scaling(
+                    source, plan.bands, settings.scaling, progress=settings.progress, offset=settings.offset
+                )
+            )
+        finally:
+            source.close()
+    items = [vars(item) for item in _work_items(plans, settings)]
+    run_folder.start({**description, "scalings": [s.to_dict() for s in scalings], "blocks": items}, False, True)
+
+
+def predict_file(path: str | os.PathLike, model, output_dir: str | os.PathLike, **settings) -> dict:
     """Predicts one image or raster and writes its class map, colourised preview and area statistics.
 
-    `model` is a `Predictor`, a model object, a checkpoint folder, a Hub id or an .onnx file; the other arguments
-    are those of `PredictionSettings`. Outputs appear only when all of them are complete. Returns the statistics
-    JSON content, with the output paths under "outputs".
+    `model` is a `Predictor`, a model object, a checkpoint folder, a Hub id or an .onnx file; the keyword
+    arguments are those of `predict_paths`. Outputs appear only when all of them are complete. Returns the
+    statistics JSON content, with the output paths under "outputs" (None on the other processes of a distributed
+    run).
     """
-    settings = PredictionSettings(bands, scaling, tile_size, overlap, batch_size, preview_size, overwrite, progress)
-    predictor = load_predictor(model)
-    with optional_rasterio_env():
-        return run_plan(plan_input(path, output_dir, settings), predictor, settings)
+    results = predict_paths([path], model, output_dir, **settings)
+    return results[0] if results else None
 
 
 def predict_paths(
@@ -206,23 +244,80 @@ def predict_paths(
     trust_remote_code: bool = False,
     num_threads: int | None = None,
     torch_compile: bool = False,
+    offset: float = 0.0,
+    block_rows: int = 8,
+    output_layout: str = "cog",
+    resume: bool = False,
+    dtype: str = "fp32",
+    mosaic: str | None = None,
 ) -> list[dict]:
-    """`predict_file` over files and folders; every input is checked before the model loads or any prediction.
+    """`predict_file` over files, URLs and folders, in one process or across the processes of `accelerate launch`.
 
-    `trust_remote_code`, `num_threads` (ONNX Runtime threads) and `torch_compile` go to `load_predictor`.
+    Every input is checked before the model loads or any prediction. Inputs are cut into blocks of `block_rows`
+    tile rows, split between processes balanced by pixels; each process writes its blocks into
+    `<output_dir>/.lale-run/`, and the main process assembles the outputs (see `PredictionSettings`). `mosaic`:
+    predict all inputs as one raster of that name (they must share CRS and pixel grid). `trust_remote_code`,
+    `num_threads` (ONNX Runtime threads) and `torch_compile` go to `load_predictor`. Returns each input's
+    statistics on the main process, and an empty list on the others.
     """
-    settings = PredictionSettings(bands, scaling, tile_size, overlap, batch_size, preview_size, overwrite, progress)
-    files = expand_inputs(inputs)
+    settings = PredictionSettings(
+        bands, scaling, tile_size, overlap, batch_size, preview_size, overwrite, progress, offset, block_rows,
+        output_layout, resume, dtype,
+    )  # fmt: skip
+    group = ProcessGroup()
+    threads = group.share_cpu_threads()
+    run_folder = RunFolder(output_dir)
     with optional_rasterio_env():
-        plans = [plan_input(path, output_dir, settings) for path in files]
+        files = expand_inputs(inputs)
+        mosaic_input = build_mosaic(mosaic, files) if mosaic else None
+        resuming = settings.resume and run_folder.exists()
+        refs = [mosaic_input] if mosaic_input else files
+        plans = [plan_input(ref, output_dir, settings, check_existing=not resuming) for ref in refs]
         targets = [str(p) for plan in plans for p in plan.outputs.values()]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
             raise InferenceError(f"Several inputs would write the same outputs ({', '.join(duplicates)}): rename them.")
         predictor = load_predictor(
-            model, trust_remote_code=trust_remote_code, num_threads=num_threads, torch_compile=torch_compile
+            model,
+            trust_remote_code=trust_remote_code,
+            num_threads=num_threads or (threads if group.count > 1 else None),
+            torch_compile=torch_compile,
+            device=group.device if group.count > 1 else None,
+            dtype=settings.dtype,
         )
-        return [run_plan(plan, predictor, settings) for plan in plans]
+        description = _run_description(plans, predictor, settings, mosaic_input)
+        group.agree(
+            "Preparing the run",
+            lambda: _prepare_run(run_folder, plans, description, settings) if group.is_main else None,
+        )
+        run = run_folder.read()
+        scalings = [Scaling.from_dict(values) for values in run["scalings"]]
+        items = [WorkItem(**values) for values in run["blocks"]]
+        metadata = []
+        for plan, scaling_used in zip(plans, scalings, strict=True):
+            source = open_source(plan.path)
+            try:
+                metadata.append(prediction_metadata(plan, source, predictor, scaling_used, settings))
+            finally:
+                source.close()
+        mine = assign_work(items, group.count)[group.index]
+        show = settings.progress and group.is_main
+        group.agree(
+            "Predicting blocks",
+            lambda: predict_blocks(mine, plans, scalings, metadata, predictor, settings, run_folder, show),
+        )
+
+        def assemble():
+            if not group.is_main:
+                return []
+            results = []
+            for index, plan in enumerate(plans):
+                blocks = [item for item in items if item.input_index == index]
+                results.append(assemble_input(plan, blocks, metadata[index], predictor, settings, run_folder))
+            run_folder.remove()
+            return results
+
+        return group.agree("Assembling the outputs", assemble)
 
 
 def predict_image(

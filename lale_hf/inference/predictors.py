@@ -73,6 +73,7 @@ class TorchPredictor(Predictor):
         name: str | None = None,
         channels_last: bool = False,
         torch_compile: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ):
         processor = image_processor if image_processor is not None else LaleImageProcessor()
         name = name or getattr(model, "name_or_path", "") or type(model).__name__
@@ -84,6 +85,9 @@ class TorchPredictor(Predictor):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(memory_format=self.memory_format)
         self.device = next(model.parameters()).device
+        if autocast_dtype is not None and self.device.type != "cuda":
+            raise InferenceError(f"--dtype {_DTYPE_NAMES.get(autocast_dtype)}: needs a CUDA device; this one is CPU.")
+        self.autocast_dtype = autocast_dtype
         self.forward = self.model
         if torch_compile:
             # One eager call first: transformers installs its output-capturing hooks on the first forward, and
@@ -94,7 +98,8 @@ class TorchPredictor(Predictor):
 
     def __call__(self, pixel_values: np.ndarray) -> torch.Tensor:
         pixel_values = torch.from_numpy(pixel_values).to(self.device, memory_format=self.memory_format)
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
             logits = self.forward(pixel_values=pixel_values).logits
         return logits.float().cpu()
 
@@ -136,22 +141,41 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(self.session.run(None, {self.input_name: pixel_values})[0])
 
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+PREDICTION_DTYPES = ("fp32", "bf16")
+
+
 def load_predictor(
-    model, trust_remote_code: bool = False, num_threads: int | None = None, torch_compile: bool = False
+    model,
+    trust_remote_code: bool = False,
+    num_threads: int | None = None,
+    torch_compile: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str = "fp32",
 ) -> Predictor:
     """A `Predictor` from a model object, a local checkpoint folder, a Hub id (cached or reachable) or an .onnx file.
 
-    Checkpoints run channels-last on the CPU, and through `compile_for_inference` with `torch_compile`.
+    Checkpoints go to `device` (default: CUDA when present, else CPU), run channels-last on the CPU, and through
+    `compile_for_inference` with `torch_compile`. `dtype="bf16"` runs the model under bf16 autocast, on CUDA only;
+    logits are returned in fp32 either way.
     """
+    if dtype not in PREDICTION_DTYPES:
+        raise InferenceError(f"--dtype {dtype!r}: expected one of {', '.join(PREDICTION_DTYPES)}.")
+    autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
     if isinstance(model, Predictor):
+        if autocast_dtype is not None:
+            raise InferenceError("--dtype bf16 applies to checkpoints loaded by name, not to a ready Predictor.")
         return model
     if hasattr(model, "config") and callable(model):
-        return TorchPredictor(model, torch_compile=torch_compile)
+        if device is not None:
+            model = model.to(device)
+        return TorchPredictor(model, torch_compile=torch_compile, autocast_dtype=autocast_dtype)
     reference = str(model)
     path = Path(reference)
     if path.suffix.lower() == ".onnx":
-        if torch_compile:
-            raise InferenceError(f"--torch_compile applies to PyTorch checkpoints, not to the ONNX file {reference}.")
+        if torch_compile or autocast_dtype is not None:
+            option = "--torch_compile" if torch_compile else "--dtype bf16"
+            raise InferenceError(f"{option} applies to PyTorch checkpoints, not to the ONNX file {reference}.")
         return OnnxPredictor(path, num_threads=num_threads)
     if path.is_file():
         raise InferenceError(
@@ -167,7 +191,11 @@ def load_predictor(
 
     try:
         loaded = AutoModelForSemanticSegmentation.from_pretrained(
-            reference, trust_remote_code=trust_remote_code, use_safetensors=True
+            # fp32 whatever dtype the weights are stored in (fp16/bf16 checkpoints: docs/quantization.md)
+            reference,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            dtype=torch.float32,
         )
     except (OSError, ValueError) as error:
         where = "the local folder" if path.is_dir() else "no such local folder or .onnx file, and the Hub id"
@@ -176,11 +204,43 @@ def load_predictor(
         processor = AutoImageProcessor.from_pretrained(reference, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         processor = None  # no preprocessor_config.json: LALE's defaults (ImageNet mean and std)
-    if torch.cuda.is_available():
-        loaded = loaded.to("cuda")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = loaded.to(device)
     return TorchPredictor(
-        loaded, processor, name=reference, channels_last=loaded.device.type == "cpu", torch_compile=torch_compile
+        loaded,
+        processor,
+        name=reference,
+        channels_last=loaded.device.type == "cpu",
+        torch_compile=torch_compile,
+        autocast_dtype=autocast_dtype,
     )
 
 
-__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "compile_for_inference", "load_predictor"]
+def model_fingerprint(predictor: Predictor) -> str:
+    """SHA-256 of the model's weights (PyTorch) or file (ONNX): a resumed run must use the same model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if isinstance(predictor, OnnxPredictor):
+        with open(predictor.name, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    elif isinstance(predictor, TorchPredictor):
+        for name, tensor in sorted(predictor.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(f"{type(predictor).__qualname__}:{predictor.name}".encode())
+    return digest.hexdigest()
+
+
+__all__ = [
+    "PREDICTION_DTYPES",
+    "OnnxPredictor",
+    "Predictor",
+    "TorchPredictor",
+    "compile_for_inference",
+    "load_predictor",
+    "model_fingerprint",
+]

@@ -4,6 +4,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -15,6 +16,7 @@ from .extras import import_rasterio
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 INPUT_SUFFIXES = RASTER_SUFFIXES + IMAGE_SUFFIXES
+REMOTE_PREFIXES = ("http://", "https://", "/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/")
 # The class index written where the source holds no data.
 NODATA_CLASS = 255
 
@@ -51,22 +53,26 @@ class ImageSource:
 
 
 class RasterioSource:
-    """A raster read window by window through rasterio; never held whole in memory."""
+    """A raster read window by window through rasterio; never held whole in memory.
 
-    def __init__(self, path: Path):
+    `path` is a file, an http(s) URL (read with range requests) or a VRT's XML text (a mosaic, named `name`).
+    """
+
+    def __init__(self, path: Path | str, name: str | None = None):
         rasterio = import_rasterio()
-        self.name = str(path)
+        self.name = name or str(path)
         try:
             with warnings.catch_warnings():
                 # A raster without a geotransform is fine here: it is simply not georeferenced.
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self.dataset = rasterio.open(path)
         except rasterio.errors.RasterioIOError as error:
-            raise InferenceError(f"{path}: cannot read it as a raster ({error}).") from error
+            raise InferenceError(f"{self.name}: cannot read it as a raster ({error}).") from error
         dataset = self.dataset
         self.height, self.width, self.count = dataset.height, dataset.width, dataset.count
         try:
             check_size(self.name, self.height, self.width)
+            _check_vrt_sources(self.name, dataset)
             if len(set(dataset.dtypes)) != 1:
                 raise InferenceError(f"{path}: bands of different data types {dataset.dtypes} are not supported.")
         except InferenceError:
@@ -99,6 +105,20 @@ class RasterioSource:
         self.dataset.close()
 
 
+def is_remote(path) -> bool:
+    """An http(s) URL or a GDAL virtual-file path: read through GDAL, never checked on the local disk."""
+    return isinstance(path, str) and path.startswith(REMOTE_PREFIXES)
+
+
+def _check_vrt_sources(name: str, dataset):
+    """GDAL opens a VRT whose source files are missing and fails only when it reads them; fail now, by name."""
+    if dataset.driver != "VRT":
+        return
+    missing = [f for f in dataset.files[1:] if not f.startswith("/vsi") and not Path(f).is_file()]
+    if missing:
+        raise InferenceError(f"{name}: the VRT refers to missing file(s): {', '.join(missing)}.")
+
+
 def _default_bands_by_count(count: int) -> tuple[int, ...] | None:
     # One band is grey (replicated), three are RGB; other counts need `bands`.
     return {1: (1, 1, 1), 3: (1, 2, 3)}.get(count)
@@ -110,7 +130,14 @@ def check_size(name: str, height: int, width: int):
 
 
 def open_source(path: str | os.PathLike):
-    """Opens an image file (PIL) or a raster (rasterio) for windowed reading, with clear errors for bad files."""
+    """Opens an image file (PIL) or a raster (rasterio, also over http(s)) for windowed reading, with clear errors
+    for bad files."""
+    if hasattr(path, "xml"):  # a `mosaic.MosaicInput`: VRT text GDAL opens directly
+        return RasterioSource(path.xml, name=path.name)
+    if is_remote(path):
+        if not path.startswith("/vsi") and not urlparse(path).path.lower().endswith(RASTER_SUFFIXES):
+            raise InferenceError(f"{path}: a URL must name a raster file ({', '.join(RASTER_SUFFIXES)}).")
+        return RasterioSource(path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file.")
@@ -176,10 +203,13 @@ def parse_bands(bands: Sequence[int] | str) -> tuple[int, int, int]:
     return bands
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image/raster files directly inside folders (sorted)."""
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path | str]:
+    """Files as given, URLs (as strings), and the image/raster files directly inside folders (sorted)."""
     files = []
     for item in inputs:
+        if is_remote(str(item)):
+            files.append(str(item))
+            continue
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
@@ -233,6 +263,7 @@ __all__ = [
     "RasterioSource",
     "check_size",
     "expand_inputs",
+    "is_remote",
     "may_hold_nodata",
     "nodata_values",
     "open_source",

@@ -23,64 +23,88 @@ class StagedFiles(contextlib.ExitStack):
 
 
 class GeoTiffWriter:
-    """A tiled, deflate-compressed uint8 GeoTIFF with the source's CRS and transform and a colour table.
+    """A tiled, deflate-compressed uint8 GeoTIFF on a georeferenced grid, with a colour table and the prediction's
+    metadata when given (class rasters) or band descriptions (confidence and probability rasters).
 
     Rows are buffered until whole 256-row blocks are complete, so each compressed block is written once.
     """
 
     block = 256
 
-    def __init__(self, path: Path, source, palette, metadata: dict):
+    def __init__(
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        crs,
+        transform,
+        metadata: dict,
+        palette=None,
+        descriptions: list[str] | None = None,
+        nodata: int | None = NODATA_CLASS,
+    ):
         rasterio = import_rasterio()
+        descriptions = descriptions or ["land-cover class index (255 = no data)"]
         self.dataset = rasterio.open(
             path,
             "w",
             driver="GTiff",
-            width=source.width,
-            height=source.height,
-            count=1,
+            width=width,
+            height=height,
+            count=len(descriptions),
             dtype="uint8",
-            crs=source.crs,
-            transform=source.transform,
-            nodata=NODATA_CLASS,
+            crs=crs,
+            transform=transform,
+            nodata=nodata,
             tiled=True,
             blockxsize=self.block,
             blockysize=self.block,
             compress="deflate",
+            interleave="band",
             BIGTIFF="IF_SAFER",
         )
-        colormap = {index: (0, 0, 0, 0) for index in range(256)}
-        colormap.update({index: (*map(int, color), 255) for index, color in enumerate(palette)})
-        self.dataset.write_colormap(1, colormap)
+        if palette is not None:
+            self.dataset.write_colormap(1, class_colormap(palette))
+            self.dataset.update_tags(1, **{f"CLASS_{key}": value for key, value in metadata["classes"].items()})
         self.dataset.update_tags(LALE_PREDICTION=json.dumps(metadata))
-        self.dataset.update_tags(1, **{f"CLASS_{key}": value for key, value in metadata["classes"].items()})
-        self.dataset.set_band_description(1, "land-cover class index (255 = no data)")
+        for band, description in enumerate(descriptions, start=1):
+            self.dataset.set_band_description(band, description)
         self.pending = []
         self.pending_row = 0
 
-    def write(self, row0: int, labels: np.ndarray):
+    def write(self, row0: int, rows: np.ndarray):
+        """Rows from `row0` (relative to this file): (rows, width) for one band, (bands, rows, width) for several."""
         from rasterio.windows import Window
 
-        self.pending.append(labels)
-        rows = sum(part.shape[0] for part in self.pending)
-        last = row0 + labels.shape[0] == self.dataset.height
-        complete = rows if last else rows // self.block * self.block
+        rows = rows[None] if rows.ndim == 2 else rows
+        self.pending.append(rows)
+        count = sum(part.shape[1] for part in self.pending)
+        last = row0 + rows.shape[1] == self.dataset.height
+        complete = count if last else count // self.block * self.block
         if complete:
-            buffer = np.concatenate(self.pending)
-            self.dataset.write(buffer[:complete], 1, window=Window(0, self.pending_row, self.dataset.width, complete))
-            self.pending = [buffer[complete:]] if complete < rows else []
+            buffer = np.concatenate(self.pending, axis=1)
+            window = Window(0, self.pending_row, self.dataset.width, complete)
+            self.dataset.write(buffer[:, :complete], window=window)
+            self.pending = [buffer[:, complete:]] if complete < count else []
             self.pending_row += complete
 
     def close(self):
         self.dataset.close()
 
 
+def class_colormap(palette) -> dict:
+    """GDAL colour table of a class raster: the palette, and transparent black elsewhere (255: no data)."""
+    colormap = {index: (0, 0, 0, 0) for index in range(256)}
+    colormap.update({index: (*map(int, color), 255) for index, color in enumerate(palette)})
+    return colormap
+
+
 class PngWriter:
     """A class-index PNG (mode L) with the prediction metadata in a text chunk; held whole until saved."""
 
-    def __init__(self, path: Path, source, metadata: dict):
+    def __init__(self, path: Path, height: int, width: int, metadata: dict):
         self.path = path
-        self.labels = np.zeros((source.height, source.width), dtype=np.uint8)
+        self.labels = np.zeros((height, width), dtype=np.uint8)
         self.metadata = metadata
 
     def write(self, row0: int, labels: np.ndarray):
@@ -104,16 +128,31 @@ class Preview:
         picked = labels[first - row0 :: self.step, :: self.step]
         self.labels[first // self.step : first // self.step + picked.shape[0]] = picked
 
+    def rows_of(self, row0: int, row1: int) -> np.ndarray:
+        """The preview rows scene rows [row0, row1) contribute: what one block stores, concatenated in order."""
+        return self.labels[-(-row0 // self.step) : -(-row1 // self.step)]
 
-def output_paths(input_path: str | os.PathLike, output_dir: str | os.PathLike, georeferenced: bool) -> dict[str, Path]:
-    """Where the outputs of one input go: `<stem>_classes.tif|png`, `_color.png`, `_stats.json`, `_stats.csv`."""
-    stem, output_dir = Path(input_path).stem, Path(output_dir)
-    return {
+
+def output_paths(
+    input_path: str | os.PathLike, output_dir: str | os.PathLike, georeferenced: bool, layout: str = "cog"
+) -> dict[str, Path]:
+    """Where the outputs of one input go: `<stem>_classes.tif|png`, `_color.png`, `_stats.json`, `_stats.csv`.
+
+    With `layout="tiles"` (georeferenced input) the class map is `<stem>_classes.vrt` over the block COGs in the
+    folder `<stem>_classes/` ("classes_tiles").
+    """
+    stem = getattr(input_path, "stem", None) or Path(str(input_path)).stem
+    output_dir = Path(output_dir)
+    paths = {
         "classes": output_dir / f"{stem}_classes.{'tif' if georeferenced else 'png'}",
         "color": output_dir / f"{stem}_color.png",
         "stats_json": output_dir / f"{stem}_stats.json",
         "stats_csv": output_dir / f"{stem}_stats.csv",
     }
+    if georeferenced and layout == "tiles":
+        paths["classes"] = output_dir / f"{stem}_classes.vrt"
+        paths["classes_tiles"] = output_dir / f"{stem}_classes"
+    return paths
 
 
-__all__ = ["GeoTiffWriter", "PngWriter", "Preview", "StagedFiles", "output_paths"]
+__all__ = ["GeoTiffWriter", "PngWriter", "Preview", "StagedFiles", "class_colormap", "output_paths"]
