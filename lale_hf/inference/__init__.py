@@ -43,6 +43,7 @@ from .sources import (
 from .statistics import AreaStatistics
 from .tiling import OUTPUT_STRIDE, TileGrid, blend_weights, iter_label_rows, plan_tiles
 from .tta import TTA_MODES, TestTimeAugmentation
+from .vectorize import VectorizeError, VectorizeSettings, vectorize_class_raster
 from .writers import output_paths
 
 
@@ -88,6 +89,9 @@ __all__ = [
     "ReliabilityBins",
     "expected_calibration_error",
     "plot_reliability_diagram",
+    "VectorizeError",
+    "VectorizeSettings",
+    "vectorize_class_raster",
     # int8 ONNX and half-precision weights (docs/quantization.md)
     "CALIBRATION_METHODS",
     "HALF_DTYPES",
