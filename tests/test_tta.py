@@ -162,7 +162,7 @@ def test_benchmark_runs_on_real_patches(s2glc_sample, lale_tiny_checkpoint, tmp_
             "--models",
             str(lale_tiny_checkpoint),
             "--max_patches",
-            "3",
+            "2",
             "--rounds",
             "1",
             "--json",
@@ -177,7 +177,7 @@ def test_benchmark_runs_on_real_patches(s2glc_sample, lale_tiny_checkpoint, tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
-    assert report["num_patches"] == 3 and report["num_pixels"] == 3 * 256 * 256
+    assert report["num_patches"] == 2 and report["num_pixels"] == 2 * 256 * 256
     for mode in ("none", "flip", "d4"):
         scores = report["modes"][mode]
         assert 0 <= scores["macro_f1"]["mean"] <= 1 and 0 <= scores["ece_top_probability"]["mean"] <= 1
