@@ -1,0 +1,100 @@
+"""The prediction benchmark's figures: medians with their [min, max] spread, paired ratios, and markdown tables.
+
+Pixel rates: end to end is scene pixels per second of the whole run. Model alone is the same scene pixels over the
+model's time on the scene's tiles, i.e. tiles per second times the scene pixels each tile accounts for
+(height x width / tiles; about the grid stride squared, 190.5^2 for 8192^2 at 256-pixel tiles and 64-pixel
+overlap, where the stride is 192 and the last tile of each row and column is moved back to the border).
+"""
+
+import statistics
+
+from .predict_timing import PairedRun
+
+
+SENTINEL2_TILE = 10980
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize_pairs(run: PairedRun, height: int, width: int) -> dict:
+    pixels = height * width
+    rounds = run.rounds
+    end_to_end = [pixels / sample["end_to_end_s"] / 1e6 for sample in rounds]
+    model_alone = [pixels / sample["model_alone_s"] / 1e6 for sample in rounds]
+    # Per round: end-to-end rate over model-alone rate, i.e. model-alone seconds over end-to-end seconds.
+    ratios = [sample["model_alone_s"] / sample["end_to_end_s"] for sample in rounds]
+    inside = [sample["model_in_pipeline_s"] / sample["end_to_end_s"] for sample in rounds]
+    median_seconds = statistics.median(sample["end_to_end_s"] for sample in rounds)
+    if (height, width) == (SENTINEL2_TILE, SENTINEL2_TILE):
+        sentinel2 = {"seconds": median_seconds, "how": "measured (median end-to-end time of this scene)"}
+    else:
+        rate = statistics.median(end_to_end)
+        sentinel2 = {
+            "seconds": SENTINEL2_TILE**2 / (rate * 1e6),
+            "how": f"extrapolated: 10980^2 px at the median end-to-end rate of the {height}x{width} scene",
+        }
+    return {
+        "backend": run.backend,
+        "scene": [height, width],
+        "tiles": run.tiles,
+        "pixels_per_tile": pixels / run.tiles,
+        "batch_sizes": run.batch_sizes,
+        "distinct_batches_replayed": run.distinct_batches,
+        "end_to_end_mpx_s": spread(end_to_end),
+        "model_alone_mpx_s": spread(model_alone),
+        "model_alone_tiles_s": spread([run.tiles / sample["model_alone_s"] for sample in rounds]),
+        "ratio_end_to_end_over_model": spread(ratios),
+        "model_share_inside_pipeline": spread(inside),
+        "sentinel2_tile": sentinel2,
+        "rounds": rounds,
+    }
+
+
+def _cell(values: dict, digits: int = 2, percent: bool = False) -> str:
+    if percent:
+        return f"{values['median']:.0%} [{values['min']:.0%}, {values['max']:.0%}]"
+    return f"{values['median']:.{digits}f} [{values['min']:.{digits}f}, {values['max']:.{digits}f}]"
+
+
+def throughput_table(summaries: list[dict], target: float) -> str:
+    lines = [
+        "| backend | end to end Mpx/s | model alone Mpx/s | end to end / model alone (paired) | target "
+        f">= {target:.0%} | model share of end to end | 10980^2 tile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summaries:
+        ratio = row["ratio_end_to_end_over_model"]
+        verdict = "met" if ratio["median"] >= target else "not met"
+        kind = "measured" if row["sentinel2_tile"]["how"].startswith("measured") else "extrapolated"
+        lines.append(
+            f"| {row['backend']} | {_cell(row['end_to_end_mpx_s'])} | {_cell(row['model_alone_mpx_s'])} | "
+            f"{_cell(ratio, percent=True)} | {verdict} | {_cell(row['model_share_inside_pipeline'], percent=True)} | "
+            f"{row['sentinel2_tile']['seconds']:.0f} s ({kind}) |"
+        )
+    return "\n".join(lines)
+
+
+def stage_table(profile: dict) -> str:
+    total = profile["total_s"]
+    lines = [
+        f"Stages of one end-to-end run, {profile['backend']} ({total:.2f} s):",
+        "",
+        "| stage | seconds | share |",
+        "|---|---|---|",
+    ]
+    for stage, seconds in sorted(profile["stages_s"].items(), key=lambda item: -item[1]):
+        lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.1%} |")
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| backend | scene | peak RSS MiB | vs smallest scene | seconds |", "|---|---|---|---|---|"]
+    for row in rows:
+        smallest = min(r["peak_rss_mib"] for r in rows if r["backend"] == row["backend"])
+        lines.append(
+            f"| {row['backend']} | {row['scene']}x{row['scene']} | {row['peak_rss_mib']:.0f} | "
+            f"{row['peak_rss_mib'] / smallest:.3f}x | {row['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
