@@ -84,7 +84,8 @@ def test_examples_are_procedural_and_readable(tmp_path):
 
     from lale_hf.inference import open_source
 
-    rows = load_space_module("space_examples").write_examples(tmp_path)
+    rows, labels = load_space_module("space_examples").write_examples(tmp_path)
+    assert len(labels) == len(rows) == 3
     files = [Path(row[0]) for row in rows]
     assert [f.suffix for f in files] == [".png", ".jpg", ".tif"]
     assert all(f.parent == tmp_path for f in files)  # generated, nothing copied from ../shared

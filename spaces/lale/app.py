@@ -69,6 +69,7 @@ CSS = """
 #legend .legend-row { display: flex; align-items: center; gap: 0.5em; margin: 0.15em 0; }
 #legend .legend-swatch { width: 1.1em; height: 1.1em; border: 1px solid #444; display: inline-block; }
 #status .error { color: #b00020; }
+#map img { image-rendering: pixelated; }  /* class borders stay sharp when a small patch is enlarged */
 """
 
 
@@ -168,7 +169,9 @@ def restyle(background, colored, opacity):
     return blend(background, colored, opacity)
 
 
-def build_page(page: SegmentationPage, model_name: str, examples: list[list], concurrency_limit: int) -> gr.Blocks:
+def build_page(
+    page: SegmentationPage, model_name: str, examples: tuple[list[list], list[str]], concurrency_limit: int
+) -> gr.Blocks:
     with gr.Blocks(title="LALE land-cover segmentation") as demo:
         gr.Markdown(
             "# LALE land-cover segmentation\n"
@@ -192,14 +195,29 @@ def build_page(page: SegmentationPage, model_name: str, examples: list[list], co
                 )
                 tta = gr.Checkbox(False, label="Test-time augmentation (slower)", visible=HAS_TTA, elem_id="tta")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
-                gr.Examples(examples, inputs=[upload, bands, scaling], label="Procedural examples (not real imagery)")
+                gr.Examples(
+                    examples[0],
+                    inputs=[upload, bands, scaling],
+                    example_labels=examples[1],
+                    label="Examples (procedural, not satellite imagery)",
+                    elem_id="examples",
+                )
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
-                land_cover_map = gr.Image(
-                    label="Land-cover map over the image", format="png", interactive=False, elem_id="map"
-                )
-                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity", elem_id="opacity")
-                legend = gr.HTML(elem_id="legend")
+                with gr.Row():
+                    land_cover_map = gr.Image(
+                        label="Land-cover map over the image",
+                        format="png",
+                        height=512,
+                        interactive=False,
+                        scale=3,
+                        elem_id="map",
+                    )
+                    with gr.Column(scale=1, min_width=180):
+                        legend = gr.HTML(elem_id="legend")
+                        opacity = gr.Slider(
+                            0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity", elem_id="opacity"
+                        )
                 with gr.Row():
                     table = gr.Dataframe(label="Area per class", interactive=False, elem_id="areas")
                     chart = gr.BarPlot(label="Area per class", elem_id="area-chart")

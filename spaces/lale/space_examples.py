@@ -15,7 +15,7 @@ from lale_hf.file_utils import atomic_path
 
 
 EXAMPLE_PATCH_SEEDS = (3, 11)
-EXAMPLE_SCENE_SEED = 7
+EXAMPLE_SCENE_SEED = 2  # fields, a town and water: most classes in one scene
 EXAMPLE_SCENE_SIZE = 512
 # 8-bit values to reflectance x 10000: the patches' brightest pixel becomes about 0.3, typical of land surfaces.
 REFLECTANCE_PER_LEVEL = 12
@@ -61,9 +61,9 @@ def write_example_scene(path: Path, seed: int = EXAMPLE_SCENE_SEED, size: int = 
     return path
 
 
-def write_examples(folder: Path) -> list[list]:
-    """Writes the examples into `folder` (once; kept when already there) and returns the rows of `gr.Examples`:
-    [file, bands, scaling]."""
+def write_examples(folder: Path) -> tuple[list[list], list[str]]:
+    """Writes the examples into `folder` (once; kept when already there); returns the rows of `gr.Examples`
+    ([file, bands, scaling]) and their labels."""
     folder.mkdir(parents=True, exist_ok=True)
     patch_png = folder / f"procedural-patch-{EXAMPLE_PATCH_SEEDS[0]}.png"
     patch_jpeg = folder / f"procedural-patch-{EXAMPLE_PATCH_SEEDS[1]}.jpg"
@@ -73,13 +73,15 @@ def write_examples(folder: Path) -> list[list]:
     if not patch_jpeg.is_file():
         write_example_patch(patch_jpeg, EXAMPLE_PATCH_SEEDS[1])
     rows = [[str(patch_png), "auto", "auto"], [str(patch_jpeg), "auto", "auto"]]
+    labels = ["Procedural patch, PNG, 256x256", "Procedural patch, JPEG, 256x256"]
     try:
         if not scene.is_file():
             write_example_scene(scene)
         rows.append([str(scene), "3,2,1", "auto"])
+        labels.append(f"Procedural GeoTIFF scene: 16-bit B, G, R, NIR, {EXAMPLE_SCENE_SIZE} px at 10 m")
     except ImportError:  # installed without rasterio: no GeoTIFF example
         pass
-    return rows
+    return rows, labels
 
 
 __all__ = ["write_example_patch", "write_example_scene", "write_examples"]
