@@ -9,6 +9,7 @@ a few thousand calls per scene.
 import contextlib
 import functools
 import importlib
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -17,10 +18,11 @@ from pathlib import Path
 from .predict_timing import TimedPredictor, run_end_to_end
 
 
-# (stage, module, attribute path): the functions of the prediction path. Missing ones are skipped and reported, so
-# the profile survives refactoring of the pipeline.
+# (stage, defining module, attribute path): the functions of the prediction path. A module-level function is replaced
+# wherever `lale_hf` holds it (a `from .x import f` copies the name), a method on its class. Missing ones are skipped
+# and reported, so the profile survives refactoring of the pipeline.
 STAGES = (
-    ("scaling pass", "lale_hf.inference.prediction", "resolve_scaling"),
+    ("scaling pass", "lale_hf.inference.scaling", "resolve_scaling"),
     ("reading", "lale_hf.inference.sources", "RasterioSource.read"),
     ("tile assembly", "lale_hf.inference.tiling", "_read_tile"),
     ("scaling", "lale_hf.inference.scaling", "Scaling.apply"),
@@ -32,7 +34,7 @@ STAGES = (
     ("closing GeoTIFF", "lale_hf.inference.writers", "GeoTiffWriter.close"),
     ("statistics", "lale_hf.inference.statistics", "AreaStatistics.update"),
     ("preview", "lale_hf.inference.writers", "Preview.update"),
-    ("preview figure", "lale_hf.inference.prediction", "colorize_with_legend"),
+    ("preview figure", "lale_hf.inference.visualization", "colorize_with_legend"),
 )
 
 
@@ -68,6 +70,7 @@ class StageTimer:
 def patched_stages(timer: StageTimer):
     """Wraps every function of `STAGES` that exists; yields the stages that were not found."""
     restore, missing = [], []
+    modules = [module for name, module in list(sys.modules.items()) if name.startswith("lale_hf") and module]
     for stage, module_name, attribute in STAGES:
         owner = importlib.import_module(module_name)
         *parents, name = attribute.split(".")
@@ -77,8 +80,11 @@ def patched_stages(timer: StageTimer):
         if original is None:
             missing.append(f"{module_name}.{attribute}")
             continue
-        setattr(owner, name, timer.wrap(stage, original))
-        restore.append((owner, name, original))
+        wrapped = timer.wrap(stage, original)
+        holders = [owner] if parents else [m for m in modules if getattr(m, name, None) is original]
+        for holder in holders:
+            setattr(holder, name, wrapped)
+            restore.append((holder, name, original))
     try:
         yield missing
     finally:
