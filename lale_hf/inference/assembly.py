@@ -86,7 +86,7 @@ def block_transform(transform, row0: int):
     """The geotransform of a block whose first row is scene row `row0`."""
     from affine import Affine
 
-    return transform * Affine.translation(0, row0)
+    return transform @ Affine.translation(0, row0)
 
 
 __all__ = ["COG_OPTIONS", "block_transform", "copy_to_cog", "write_vrt"]

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from .errors import InferenceError
 
 
+class ProcessFailure(InferenceError):
+    """Another process of the run failed; `kind` is the name of its exception type."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One block of output rows [row0, row1) of input `input_index`, and its size in pixels (for balancing)."""
@@ -83,7 +91,7 @@ class ProcessGroup:
             if outcome is not None:
                 raise failure
             rank, (kind, message) = failed[0]
-            raise InferenceError(f"{step} failed on process {rank} ({kind}): {message}")
+            raise ProcessFailure(f"{step} failed on process {rank} ({kind}): {message}", kind)
         return result
 
     def _gather(self, outcome) -> list:
@@ -96,4 +104,4 @@ class ProcessGroup:
         return gathered
 
 
-__all__ = ["ProcessGroup", "WorkItem", "assign_work"]
+__all__ = ["ProcessFailure", "ProcessGroup", "WorkItem", "assign_work"]

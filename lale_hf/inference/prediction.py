@@ -286,38 +286,49 @@ def predict_paths(
             dtype=settings.dtype,
         )
         description = _run_description(plans, predictor, settings, mosaic_input)
-        group.agree(
-            "Preparing the run",
-            lambda: _prepare_run(run_folder, plans, description, settings) if group.is_main else None,
-        )
-        run = run_folder.read()
-        scalings = [Scaling.from_dict(values) for values in run["scalings"]]
-        items = [WorkItem(**values) for values in run["blocks"]]
-        metadata = []
-        for plan, scaling_used in zip(plans, scalings, strict=True):
-            source = open_source(plan.path)
-            try:
-                metadata.append(prediction_metadata(plan, source, predictor, scaling_used, settings))
-            finally:
-                source.close()
-        mine = assign_work(items, group.count)[group.index]
-        show = settings.progress and group.is_main
-        group.agree(
-            "Predicting blocks",
-            lambda: predict_blocks(mine, plans, scalings, metadata, predictor, settings, run_folder, show),
-        )
+        try:
+            return _run_blocks(group, run_folder, plans, predictor, settings, description)
+        except InferenceError as error:
+            # The input itself is at fault (e.g. no valid pixel): nothing a resume could finish.
+            if group.is_main and not resuming and getattr(error, "kind", "InferenceError") == "InferenceError":
+                run_folder.remove()
+            raise
 
-        def assemble():
-            if not group.is_main:
-                return []
-            results = []
-            for index, plan in enumerate(plans):
-                blocks = [item for item in items if item.input_index == index]
-                results.append(assemble_input(plan, blocks, metadata[index], predictor, settings, run_folder))
-            run_folder.remove()
-            return results
 
-        return group.agree("Assembling the outputs", assemble)
+def _run_blocks(group: ProcessGroup, run_folder: RunFolder, plans, predictor, settings, description) -> list[dict]:
+    """Prepare (main), predict each rank's blocks, assemble (main); every step ends with all ranks agreeing."""
+    group.agree(
+        "Preparing the run",
+        lambda: _prepare_run(run_folder, plans, description, settings) if group.is_main else None,
+    )
+    run = run_folder.read()
+    scalings = [Scaling.from_dict(values) for values in run["scalings"]]
+    items = [WorkItem(**values) for values in run["blocks"]]
+    metadata = []
+    for plan, scaling_used in zip(plans, scalings, strict=True):
+        source = open_source(plan.path)
+        try:
+            metadata.append(prediction_metadata(plan, source, predictor, scaling_used, settings))
+        finally:
+            source.close()
+    mine = assign_work(items, group.count)[group.index]
+    show = settings.progress and group.is_main
+    group.agree(
+        "Predicting blocks",
+        lambda: predict_blocks(mine, plans, scalings, metadata, predictor, settings, run_folder, show),
+    )
+
+    def assemble():
+        if not group.is_main:
+            return []
+        results = []
+        for index, plan in enumerate(plans):
+            blocks = [item for item in items if item.input_index == index]
+            results.append(assemble_input(plan, blocks, metadata[index], predictor, settings, run_folder))
+        run_folder.remove()
+        return results
+
+    return group.agree("Assembling the outputs", assemble)
 
 
 def predict_image(
