@@ -343,3 +343,29 @@ def test_page_oversized_image_then_a_valid_upload(browser, space_url, s2glc_samp
     assert not page.map_image_loaded()
     assert "predicted in" in page.upload(real_patch(s2glc_sample))
     page.assert_result(patch_shares)
+
+
+def test_views_blend_and_area_table():
+    views = load_space_module("space_views")
+    background = np.full((4, 4, 3), 200, dtype=np.uint8)
+    colored = np.zeros((4, 4, 3), dtype=np.uint8)
+    assert np.array_equal(views.blend(background, colored, 0.0), background)
+    assert np.array_equal(views.blend(background, colored, 1.0), colored)
+    assert views.blend(background, colored, 0.25)[0, 0, 0] == 150
+    stats = {
+        "total_km2": 0.0016,
+        "prediction": {"palette": [[0, 100, 0], [0, 0, 255]]},
+        "classes": [
+            {"id": 0, "label": "Tree", "pixels": 12, "percent": 75.0, "km2": 0.0012},
+            {"id": 1, "label": "Water", "pixels": 3, "percent": 18.75, "km2": 0.0003},
+            {"id": 255, "label": "no data", "pixels": 1, "percent": 6.25, "km2": 0.0001},
+        ],
+    }
+    table = views.area_table(stats)
+    assert list(table.columns) == ["class", "pixels", "share (%)", "area (km²)"]
+    assert table["share (%)"].tolist() == [75.0, 18.75, 6.25]
+    assert views.area_chart(stats)[1] == "area (km²)"
+    assert views.class_colors(stats) == {"Tree": "#006400", "Water": "#0000ff", "no data": "#000000"}
+    assert views.colorize(np.array([[0, 1, 255]], dtype=np.uint8), stats).tolist() == [
+        [[0, 100, 0], [0, 0, 255], [0, 0, 0]]
+    ]

@@ -35,6 +35,7 @@ from space_views import (  # noqa: E402
     colorize,
     input_for_display,
     legend_html,
+    save_png,
     summary_markdown,
 )
 
@@ -117,11 +118,12 @@ class SegmentationPage:
             options = dict(EXTRA_OUTPUT_OPTIONS)
             if HAS_TTA:
                 options["tta"] = bool(tta)
+            output_dir = new_request_folder(self.output_root)
             started = time.perf_counter()
             [stats] = predict_paths(
                 [upload],
                 self.predictor,
-                new_request_folder(self.output_root),
+                output_dir,
                 bands=band_choice(bands),
                 scaling=scaling_choice(scaling),
                 progress=True,  # tqdm bars, which gr.Progress(track_tqdm=True) shows in the page
@@ -131,6 +133,7 @@ class SegmentationPage:
             progress(1.0, desc="Drawing the map")
             background = input_for_display(stats)
             colored = colorize(class_map_for_display(stats), stats)
+            overlay = save_png(blend(background, colored, opacity), output_dir / f"{upload.stem}_overlay.png")
         except (UploadRejected, InferenceError, ValueError, OSError, ImportError) as error:
             return self._empty(readable(error, upload), error=True)
         except Exception as error:  # the page stays usable; the details go to the server log only
@@ -139,7 +142,7 @@ class SegmentationPage:
         chart, value_column = area_chart(stats)
         downloads = [path for key, path in stats["outputs"].items() if key != "color"] + [stats["outputs"]["color"]]
         return (
-            blend(background, colored, opacity),
+            str(overlay),
             legend_html(stats),
             area_table(stats),
             gr.BarPlot(
@@ -226,7 +229,12 @@ def build_page(
         inputs = [upload, bands, scaling, opacity, tta]
         outputs = [land_cover_map, legend, table, chart, downloads, status, background, colored]
         # Every prediction event shares one concurrency slot pool, so visitors never oversubscribe the CPU.
-        shared = {"concurrency_id": "predict", "concurrency_limit": concurrency_limit}
+        # The progress (tqdm's tile count, elapsed time) shows over the map alone.
+        shared = {
+            "concurrency_id": "predict",
+            "concurrency_limit": concurrency_limit,
+            "show_progress_on": [land_cover_map],
+        }
         button.click(page.segment, inputs, outputs, api_name="segment", **shared)
         upload.change(page.segment, inputs, outputs, api_visibility="undocumented", **shared)
         opacity.release(
