@@ -116,6 +116,24 @@ def test_upload_checks(tmp_path):
         uploads.check_upload(raster, MAX_MEGAPIXELS)
 
 
+def test_predictions_share_one_queue_slot(tmp_path):
+    """Upload and button events run in one concurrency pool of the queue: two visitors never predict at once."""
+    app = load_space_module("app")
+    demo = app.build_page(app.SegmentationPage(None, tmp_path, MAX_MEGAPIXELS), "model", ([], []), concurrency_limit=1)
+    predictions = [fn for fn in demo.fns.values() if fn.name == "segment"]
+    assert len(predictions) == 2
+    assert {(fn.concurrency_id, fn.concurrency_limit, fn.queue) for fn in predictions} == {("predict", 1, True)}
+
+
+def test_app_refuses_a_missing_model_with_exit_2(tmp_path, capsys):
+    app = load_space_module("app")
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["--model", str(tmp_path / "no-such-model"), "--work_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "error: --model" in stderr and "no-such-model" in stderr and "Traceback" not in stderr
+
+
 # --- the running app ------------------------------------------------------------------------------------------------
 
 
