@@ -182,10 +182,10 @@ def client(space_url):
     return Client(space_url, verbose=False)
 
 
-def call_segment(client, path: Path, bands: str = "auto", scaling: str = "auto"):
+def call_segment(client, path: Path, bands: str = "auto", scaling: str = "auto", tta: str = "none"):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(path)), bands, scaling, 0.6, False, api_name="/segment")
+    return client.predict(handle_file(str(path)), bands, scaling, 0.6, tta, api_name="/segment")
 
 
 def table_shares(table: dict) -> dict[str, float]:
@@ -206,6 +206,17 @@ def test_api_gives_the_area_table_of_predict_paths(client, s2glc_sample, tiny_ch
     assert names == sorted(f"s2glc_00250_{kind}" for kind in ("classes.png", "color.png", "stats.csv", "stats.json"))
     stats = json.loads(next(Path(p) for p in downloads if p.endswith("_stats.json")).read_text())
     assert {c["label"]: round(c["percent"], 2) for c in stats["classes"]} == table_shares(table)
+
+
+@pytest.mark.slow
+def test_api_test_time_augmentation(client, s2glc_sample, tiny_checkpoint, tmp_path):
+    from lale_hf.inference import TestTimeAugmentation, load_predictor
+
+    patch = real_patch(s2glc_sample)
+    _map, _legend, table, _chart, _downloads, status = call_segment(client, patch, tta="flip")
+    assert "TTA flip; predicted in" in status, status
+    with_tta = TestTimeAugmentation(load_predictor(tiny_checkpoint), "flip")
+    assert_shares_match(table_shares(table), expected_shares(patch, with_tta, tmp_path))
 
 
 @pytest.mark.slow

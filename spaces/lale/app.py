@@ -49,7 +49,14 @@ DEFAULT_OPACITY = 0.6
 PREDICT_PARAMETERS = set(inspect.signature(predict_paths).parameters)
 # Options of `predict_paths` the page uses when the installed package has them: the visitor's TTA choice, and
 # extra downloads (a confidence raster, a GeoPackage of class polygons). One line each.
-HAS_TTA = "tta" in PREDICT_PARAMETERS
+PREDICT_TAKES_TTA = "tta" in PREDICT_PARAMETERS
+try:  # without a `tta` option, the package's TTA predictor wraps the model
+    from lale_hf.inference import TTA_MODES, TestTimeAugmentation
+except ImportError:
+    TTA_MODES, TestTimeAugmentation = ("none",), None
+HAS_TTA = PREDICT_TAKES_TTA or TestTimeAugmentation is not None
+TTA_PASSES = {"flip": 4, "d4": 8}  # model passes per tile
+TTA_CHOICES = [(f"{mode} ({TTA_PASSES[mode]}x slower)" if mode in TTA_PASSES else mode, mode) for mode in TTA_MODES]
 EXTRA_OUTPUT_OPTIONS = {name: True for name in ("save_confidence", "vectorize") if name in PREDICT_PARAMETERS}
 BAND_CHOICES = [
     ("The file's RGB (PNG, JPEG, RGB GeoTIFF)", "auto"),
@@ -115,14 +122,16 @@ class SegmentationPage:
         progress(0.0, desc="Checking the upload")
         try:
             check_upload(upload, self.max_megapixels)
-            options = dict(EXTRA_OUTPUT_OPTIONS)
-            if HAS_TTA:
-                options["tta"] = bool(tta)
+            options, model, tta = dict(EXTRA_OUTPUT_OPTIONS), self.predictor, str(tta or "none")
+            if PREDICT_TAKES_TTA:
+                options["tta"] = tta
+            elif tta != "none":
+                model = TestTimeAugmentation(self.predictor, tta) if TestTimeAugmentation else model
             output_dir = new_request_folder(self.output_root)
             started = time.perf_counter()
             [stats] = predict_paths(
                 [upload],
-                self.predictor,
+                model,
                 output_dir,
                 bands=band_choice(bands),
                 scaling=scaling_choice(scaling),
@@ -154,7 +163,7 @@ class SegmentationPage:
                 sort=list(chart["class"]),
             ),
             downloads,
-            summary_markdown(stats, seconds),
+            summary_markdown(stats, seconds, tta),
             background,
             colored,
         )
@@ -196,7 +205,13 @@ def build_page(
                     allow_custom_value=True,
                     elem_id="scaling",
                 )
-                tta = gr.Checkbox(False, label="Test-time augmentation (slower)", visible=HAS_TTA, elem_id="tta")
+                tta = gr.Radio(
+                    TTA_CHOICES,
+                    value="none",
+                    label="Test-time augmentation: logits averaged over flipped and rotated copies",
+                    visible=HAS_TTA,
+                    elem_id="tta",
+                )
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
                 gr.Examples(
                     examples[0],

@@ -133,15 +133,15 @@ def area_chart(stats: dict) -> tuple[pd.DataFrame, str]:
     return table[["class", value]], value
 
 
-def summary_markdown(stats: dict, seconds: float) -> str:
-    """One line on what was predicted: the file, its size, the model and settings, and the time taken."""
+def summary_markdown(stats: dict, seconds: float, tta: str = "none") -> str:
+    """One line on what was predicted: the file, its size, the settings, and the time taken."""
     prediction = stats["prediction"]
     height, width = prediction["input_size"]
     area = f", {stats['total_km2']:.2f} km²" if stats.get("total_km2") is not None else ""
     return (
         f"**{html.escape(Path(prediction['input']).name)}**: {width}x{height} px{area}; bands "
         f"{','.join(map(str, prediction['bands']))}, scaling {prediction['scaling']['method']}, "
-        f"{prediction['num_tiles']} tile(s); predicted in {seconds:.2f} s."
+        f"{prediction['num_tiles']} tile(s){'' if tta == 'none' else f', TTA {tta}'}; predicted in {seconds:.2f} s."
     )
 
 
