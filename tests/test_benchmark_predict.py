@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 
-from lale_hf.inference import load_predictor, plan_tiles
+from lale_hf.inference import load_predictor, plan_tiles, tiling
+from lale_hf.inference.predictors import Predictor
+from lale_hf.inference.scaling import Scaling
+from lale_hf.preprocessing import Preprocessing
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +134,70 @@ def test_script_refuses_bad_settings(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark_predict.main(["--rounds", "0"])
     assert exit_info.value.code == 2 and "--rounds" in capsys.readouterr().err
+
+
+# Pipeline speed: the batched, table-driven tile preparation gives the per-tile path's pixel values bit for bit.
+
+
+class RecordingPredictor(Predictor):
+    """Keeps the batches it is fed; zero logits."""
+
+    def __init__(self, preprocessing: Preprocessing):
+        super().__init__("recording", {index: str(index) for index in range(7)}, preprocessing)
+        self.batches = []
+
+    def __call__(self, pixel_values):
+        self.batches.append(pixel_values.copy())
+        return torch.zeros(len(pixel_values), 7, pixel_values.shape[2] // 4, pixel_values.shape[3] // 4)
+
+
+def per_tile_batches(source, bands, nodata, scaling, grid, predictor, batch_size) -> list[np.ndarray]:
+    """The reference: each tile read, scaled and normalised alone, as `_read_tile` does."""
+    batches = []
+    for y in grid.ys:
+        for start in range(0, len(grid.xs), batch_size):
+            tiles = [
+                tiling._read_tile(source, bands, nodata, scaling, grid, y, x) for x in grid.xs[start:][:batch_size]
+            ]
+            batches.append(np.stack([predictor.normalize(tile) for tile in tiles]))
+    return batches
+
+
+FLIPPED = Preprocessing(do_normalize=False, flip_channel_order=True)  # MobileViT's: no mean/std, BGR
+
+
+@pytest.mark.parametrize(
+    "dtype, scaling, preprocessing, nodata",
+    [
+        ("uint16", Scaling("patch_max_median", peak=2500.0), Preprocessing(), None),
+        ("uint16", Scaling("patch_max_median", peak=2500.0, offset=-1000.0), Preprocessing(), 2000),
+        ("uint16", Scaling("gain", gain=0.085), FLIPPED, 4000),
+        ("uint16", Scaling("per_patch_max"), Preprocessing(), None),
+        ("uint8", Scaling("none"), Preprocessing(), None),
+        ("float32", Scaling("scene_max", peak=3000.0), Preprocessing(), None),
+    ],
+)
+def test_tile_batches_equal_tiles_prepared_one_by_one(s2glc_sample, dtype, scaling, preprocessing, nodata):
+    from lale_hf.inference.sources import ImageSource, nodata_values
+
+    raw = np.moveaxis(np.concatenate(raw_patches(s2glc_sample / "raw-tif")[:2], axis=2), 0, -1)[:250, :507]
+    if dtype == "uint8":
+        raw = (raw // 16).clip(0, 255)
+    data = raw.astype(dtype)
+    if dtype == "float32":
+        data[10:20, 30:40, 1] = np.nan
+    if nodata is not None:
+        data[100:140, 200:260] = nodata  # a patch of no data in every band; it would scale to a non-zero value
+    source = ImageSource(data, name="scene")
+    source.nodata = None if nodata is None else (nodata,) * data.shape[-1]
+    bands = (3, 2, 1)
+    values = nodata_values(source, bands)
+    grid = plan_tiles(*data.shape[:2], tile_size=128, overlap=0.25)
+    assert grid.padded_width > grid.width  # the last tiles are edge-padded
+    predictor = RecordingPredictor(preprocessing)
+    for _ in tiling._batches(source, bands, values, scaling, grid, predictor, 3, range(len(grid.ys))):
+        pass
+    expected = per_tile_batches(source, bands, values, scaling, grid, predictor, 3)
+    assert len(predictor.batches) == len(expected)
+    for batch, reference in zip(predictor.batches, expected, strict=True):
+        np.testing.assert_array_equal(batch, reference)

@@ -40,9 +40,15 @@ def load_backend(backend: str, models: dict[str, Path], threads: int) -> Predict
 
 class TimedPredictor(Predictor):
     """Delegates to `inner`, adds up the wall time of its model calls, and keeps copies of the batches it is fed
-    until `keep_bytes` are held (the sizes of all batches are always recorded)."""
+    until `keep_bytes` are held (the sizes of all batches are always recorded).
+
+    `normalize` is the base class's (the inner predictor's preprocessing), so the pipeline takes the same path as
+    with the inner predictor; a wrapped predictor with its own `normalize` is refused.
+    """
 
     def __init__(self, inner: Predictor, keep_bytes: int = 0):
+        if type(inner).normalize is not Predictor.normalize:
+            raise ValueError(f"{type(inner).__name__} has its own normalize(); the recorded batches would differ.")
         super().__init__(inner.name, inner.id2label, inner.preprocessing)
         self.inner = inner
         self.backend = inner.backend
@@ -54,9 +60,6 @@ class TimedPredictor(Predictor):
     def __getattr__(self, name):
         # Anything else a pipeline asks of a predictor (device, dtype...) is the inner predictor's.
         return getattr(self.__dict__["inner"], name)
-
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        return self.inner.normalize(image)
 
     def reset(self):
         self.seconds = 0.0
