@@ -184,7 +184,8 @@ def restyle(background, colored, opacity):
 def build_page(
     page: SegmentationPage, model_name: str, examples: tuple[list[list], list[str]], concurrency_limit: int
 ) -> gr.Blocks:
-    with gr.Blocks(title="LALE land-cover segmentation") as demo:
+    # Gradio's copies of uploads and outputs older than an hour are deleted every hour, as the request folders are.
+    with gr.Blocks(title="LALE land-cover segmentation", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# LALE land-cover segmentation\n"
             f"Model: `{model_name}`. Upload a Sentinel-2-like RGB patch (PNG/JPEG) or a GeoTIFF scene "
