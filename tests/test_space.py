@@ -322,6 +322,31 @@ class Page:
             "return arguments[0].complete && arguments[0].naturalWidth > 0", images[0]
         )
 
+    def map_pixels(self) -> np.ndarray:
+        """The map image the page shows, fetched from the server."""
+        import io
+
+        source = self.driver.find_element("css selector", "#map img").get_attribute("src")
+        with urllib.request.urlopen(source, timeout=30) as response:
+            return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+    def set_opacity(self, right_end: bool) -> np.ndarray:
+        """Clicks an end of the opacity slider; returns the redrawn map once the server has sent it."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        previous = self.driver.find_element("css selector", "#map img").get_attribute("src")
+        slider = self.driver.find_element("css selector", "#opacity input[type=range]")
+        offset = slider.size["width"] // 2 - 1
+        ActionChains(self.driver).move_to_element_with_offset(
+            slider, offset if right_end else -offset, 0
+        ).click().perform()
+        self.wait.until(
+            lambda d: (
+                d.find_element("css selector", "#map img").get_attribute("src") != previous and self.map_image_loaded()
+            )
+        )
+        return self.map_pixels()
+
     def legend_labels(self) -> list[str]:
         return [row.text for row in self.driver.find_elements("css selector", "#legend .legend-row .legend-label")]
 
@@ -347,6 +372,13 @@ def test_page_shows_map_legend_and_area_table(browser, space_url, s2glc_sample, 
     page.assert_result(patch_shares)
     screenshot = tmp_path / "space.png"
     assert browser.save_screenshot(str(screenshot)) and Image.open(screenshot).size[0] >= 1000
+    # Opacity 0 shows the input itself; opacity 1 the class colours alone (the ARAS palette).
+    patch_pixels = np.asarray(Image.open(real_patch(s2glc_sample)).convert("RGB"))
+    assert np.array_equal(page.set_opacity(right_end=False), patch_pixels)
+    from lale_hf.configuration_lale import ARAS400K_PALETTE
+
+    colours = {tuple(color) for color in page.set_opacity(right_end=True).reshape(-1, 3).tolist()}
+    assert len(colours) > 1 and colours <= {tuple(color) for color in ARAS400K_PALETTE}
 
 
 @pytest.mark.slow
@@ -398,3 +430,16 @@ def test_views_blend_and_area_table():
     assert views.colorize(np.array([[0, 1, 255]], dtype=np.uint8), stats).tolist() == [
         [[0, 100, 0], [0, 0, 255], [0, 0, 0]]
     ]
+
+
+def test_display_layers_kept_on_disk(tmp_path):
+    views = load_space_module("space_views")
+    background = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    colored = background[::-1].copy()
+    folder = views.save_layers(tmp_path, background, colored)
+    kept = views.load_layers(folder)
+    assert np.array_equal(kept[0], background) and np.array_equal(kept[1], colored)
+    assert views.load_layers(None) is None and views.load_layers(str(tmp_path / "cleaned-away")) is None
+    app = load_space_module("app")
+    assert np.array_equal(app.restyle(folder, 0.0), background)
+    assert app.restyle(str(tmp_path / "cleaned-away"), 0.5) == app.gr.update()  # the page keeps its map

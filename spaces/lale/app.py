@@ -9,6 +9,7 @@ lives here: `space_uploads` checks the upload's size from its header, `space_vie
 """
 
 import argparse
+import html
 import inspect
 import logging
 import os
@@ -35,6 +36,8 @@ from space_views import (  # noqa: E402
     colorize,
     input_for_display,
     legend_html,
+    load_layers,
+    save_layers,
     save_png,
     summary_markdown,
 )
@@ -115,7 +118,7 @@ class SegmentationPage:
         self.max_megapixels = max_megapixels
 
     def segment(self, upload, bands, scaling, opacity, tta, progress=TQDM_PROGRESS):
-        """Predicts the upload; returns map, legend, area table, chart, downloads, status and the two layers."""
+        """Predicts the upload; returns map, legend, area table, chart, downloads, status and the layers' folder."""
         if not upload:
             return self._empty("Upload a PNG/JPEG patch or a GeoTIFF scene to see its land-cover map.")
         upload = Path(upload)
@@ -143,13 +146,15 @@ class SegmentationPage:
             background = input_for_display(stats)
             colored = colorize(class_map_for_display(stats), stats)
             overlay = save_png(blend(background, colored, opacity), output_dir / f"{upload.stem}_overlay.png")
+            layers = save_layers(output_dir, background, colored)
         except (UploadRejected, InferenceError, ValueError, OSError, ImportError) as error:
             return self._empty(readable(error, upload), error=True)
         except Exception as error:  # the page stays usable; the details go to the server log only
             logger.exception("prediction of %s failed", upload.name)
             return self._empty(f"{upload.name}: the prediction failed ({type(error).__name__}).", error=True)
         chart, value_column = area_chart(stats)
-        downloads = [path for key, path in stats["outputs"].items() if key != "color"] + [stats["outputs"]["color"]]
+        # Every file predict_paths wrote, the colourised preview last.
+        downloads = [path for _, path in sorted(stats["outputs"].items(), key=lambda item: item[0] == "color")]
         return (
             str(overlay),
             legend_html(stats),
@@ -164,21 +169,20 @@ class SegmentationPage:
             ),
             downloads,
             summary_markdown(stats, seconds, tta),
-            background,
-            colored,
+            layers,
         )
 
     @staticmethod
     def _empty(message: str, error: bool = False):
+        message = html.escape(message, quote=False)
         status = f'<p class="error"><strong>Cannot segment this file.</strong> {message}</p>' if error else message
-        return None, "", None, None, None, status, None, None
+        return None, "", None, None, None, status, None
 
 
-def restyle(background, colored, opacity):
-    """The map at a new opacity, from the layers kept for this visitor (no new prediction)."""
-    if background is None or colored is None:
-        return None
-    return blend(background, colored, opacity)
+def restyle(layers_folder, opacity):
+    """The map at a new opacity, from the layers kept for this visitor's last result (no new prediction)."""
+    layers = load_layers(layers_folder)
+    return gr.update() if layers is None else blend(*layers, opacity)
 
 
 def build_page(
@@ -241,9 +245,9 @@ def build_page(
                     table = gr.Dataframe(label="Area per class", interactive=False, elem_id="areas")
                     chart = gr.BarPlot(label="Area per class", elem_id="area-chart")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-        background, colored = gr.State(None), gr.State(None)
+        layers = gr.State(None)  # the folder of the last result's display layers
         inputs = [upload, bands, scaling, opacity, tta]
-        outputs = [land_cover_map, legend, table, chart, downloads, status, background, colored]
+        outputs = [land_cover_map, legend, table, chart, downloads, status, layers]
         # Every prediction event shares one concurrency slot pool, so visitors never oversubscribe the CPU.
         # The progress (tqdm's tile count, elapsed time) shows over the map alone.
         shared = {
@@ -253,9 +257,7 @@ def build_page(
         }
         button.click(page.segment, inputs, outputs, api_name="segment", **shared)
         upload.change(page.segment, inputs, outputs, api_visibility="undocumented", **shared)
-        opacity.release(
-            restyle, [background, colored, opacity], land_cover_map, api_visibility="private", show_progress="hidden"
-        )
+        opacity.release(restyle, [layers, opacity], land_cover_map, api_visibility="private", show_progress="hidden")
     return demo
 
 

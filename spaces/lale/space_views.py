@@ -88,6 +88,25 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     return path
 
 
+def save_layers(folder: Path, background: np.ndarray, colored: np.ndarray) -> str:
+    """Keeps the two display layers in the request's folder (uncompressed: milliseconds to write and read), so a
+    visitor's session holds only the folder's name, not megabytes of pixels, until the opacity changes."""
+    for name, array in (("background", background), ("classes", colored)):
+        with atomic_path(folder / f"display-{name}.npy") as temporary, open(temporary, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return str(folder)
+
+
+def load_layers(folder: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The layers `save_layers` kept, or None once the request's folder has been cleaned away."""
+    if not folder:
+        return None
+    try:
+        return tuple(np.load(Path(folder) / f"display-{name}.npy") for name in ("background", "classes"))
+    except FileNotFoundError:
+        return None
+
+
 def class_colors(stats: dict) -> dict[str, str]:
     """Class label to its hex colour, "no data" included."""
     palette = stats["prediction"]["palette"]
@@ -155,6 +174,8 @@ __all__ = [
     "display_step",
     "input_for_display",
     "legend_html",
+    "load_layers",
+    "save_layers",
     "save_png",
     "summary_markdown",
 ]
