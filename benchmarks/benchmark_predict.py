@@ -48,6 +48,9 @@ def parse_args(argv=None):
         "--memory_sizes", type=int, nargs="*", default=[2048, 8192], help="Scene sides for peak RSS (none: skip)."
     )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--memory_backends", nargs="+", choices=BACKENDS, help="Backends for peak RSS (default: --backends)."
+    )
     parser.add_argument("--tile_size", type=int, default=256)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -108,7 +111,7 @@ def main(argv=None):
     raw_dir = Path(args.data) / "raw-tif"
     env = environment(args)
     print(f"environment: {env}", flush=True)
-    models = benchmark_models(cache_dir, onnx="onnxruntime" in args.backends)
+    models = benchmark_models(cache_dir, onnx="onnxruntime" in args.backends + (args.memory_backends or []))
     scene = cached_scene(cache_dir, args.size, raw_dir, args.seed)
     settings = dict(bands="3,2,1", tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size)
     predictors = {backend: load_backend(backend, models, args.threads) for backend in args.backends}
@@ -120,7 +123,8 @@ def main(argv=None):
         [] if args.no_profile else [profile_stages(scene, p, work / "profile", settings) for p in predictors.values()]
     )
     memory_scenes = {size: cached_scene(cache_dir, size, raw_dir, args.seed) for size in args.memory_sizes}
-    memory = measure_memory(args.backends, models, memory_scenes, work, settings) if memory_scenes else []
+    memory_backends = args.memory_backends or args.backends
+    memory = measure_memory(memory_backends, models, memory_scenes, work, settings) if memory_scenes else []
 
     title = (
         f"LALE-tiny fp32, {args.size}x{args.size} uint16 4-band scene, {args.tile_size}-px tiles, "
