@@ -2,7 +2,7 @@
 """Land-cover maps from a LALE checkpoint (Hub id or folder) or an ONNX file, for images and rasters of any size.
 
 For each input, writes to --output_dir:
-  <name>_classes.tif   class indexes, CRS/transform kept, colour table (georeferenced input), or
+  <name>_classes.tif   class indexes as a Cloud-Optimized GeoTIFF, CRS/transform, colour table (georeferenced input), or
   <name>_classes.png   class indexes (other input)
   <name>_color.png     colourised preview with a legend (at most --preview_size pixels on its long side)
   <name>_stats.json    per-class pixels, percent and km² (georeferenced), plus every setting used
@@ -12,6 +12,18 @@ Examples:
   python scripts/predict.py --model org/lale-tiny --output_dir out patch.png
   python scripts/predict.py --model lale-tiny.onnx --output_dir out --bands 3,2,1 S2_scene_BGRN.tif
   python scripts/predict.py --model ./checkpoint --output_dir out --scaling 0.085 --bands 3,2,1 scenes/
+  python scripts/predict.py --model ./checkpoint --output_dir out --bands 3,2,1 --mosaic region tiles/
+  python scripts/predict.py --model ./checkpoint --output_dir out --bands 3,2,1 https://example.org/scene_cog.tif
+
+Across processes, GPUs and nodes, with the launcher training uses (plain `python` is one process):
+  accelerate launch --num_processes 8 scripts/predict.py --model ./checkpoint --output_dir out --dtype bf16 ...
+  ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 scripts/predict.py ...   (CPU processes)
+Inputs are cut into blocks of --block_rows tile rows, split between processes balanced by pixels. Each process
+writes its own block files under <output_dir>/.lale-run/; the main process then assembles each georeferenced
+input's class map as one Cloud-Optimized GeoTIFF (internal tiles, mode-resampled overviews, deflate, colour
+table, nodata, class names), or with --output_layout tiles as <name>_classes.vrt over one COG per block. The map
+is byte-identical whatever the number of processes. A killed run continues with --resume (finished blocks are
+kept); a resume with other settings is refused, naming the setting.
 
 Scaling (--scaling) turns raw values into the 8-bit RGB the model was trained on (ARAS400k: each 256x256 patch
 divided by its own maximum). "auto" uses 8-bit input as is and, for anything else, "patch_max_median": one divisor
@@ -20,6 +32,10 @@ On a single patch that is exactly ARAS400k's scaling; on a scene it keeps one br
 "per_patch_max" divides each tile by its own maximum ("tile_max" is its deprecated name), "scene_max" by the scene
 maximum; a number is a fixed gain. The choice and the divisor or gain used are recorded in the outputs (stats JSON,
 GeoTIFF tags, PNG text).
+
+--offset is added to raw values before scaling. Sentinel-2 L2A products from processing baseline 04.00 on
+(January 2022) store reflectance x 10000 + 1000 (BOA_ADD_OFFSET = -1000 in the product metadata): pass
+--offset -1000 for them. The default, 0, is right for older products and for anything already offset-corrected.
 
 No data: pixels whose selected bands all equal the raster's nodata value, or where any selected band is NaN or
 ±inf, get class 255 ("no data" in the statistics) and are left out of every scaling statistic. A scene without a
@@ -33,9 +49,11 @@ one byte per pixel. GeoTIFFs need rasterio (pip install 'lale-hf[geo]'), ONNX mo
 """
 
 import argparse
+import logging
 
 from lale_hf.argument_types import positive_int
 from lale_hf.inference import SCALING_METHODS, InferenceError, predict_paths
+from lale_hf.inference.distributed import end_processes
 
 
 def parse_args():
@@ -63,6 +81,23 @@ def parse_args():
         action="store_true",
         help="torch.compile the checkpoint with frozen weights: about 2.5x eager on CPU, after 20-60 s of compiling.",
     )
+    parser.add_argument(
+        "--offset", type=float, default=0.0, help="Added to raw values first: -1000 for S2 L2A baseline >= 04.00."
+    )
+    parser.add_argument(
+        "--mosaic", metavar="NAME", help="Predict all inputs as one mosaic named NAME (same CRS and pixel grid)."
+    )
+    parser.add_argument(
+        "--block_rows", type=positive_int, default=8, help="Tile rows per block: the unit of work and of --resume."
+    )
+    parser.add_argument(
+        "--output_layout",
+        choices=("cog", "tiles"),
+        default="cog",
+        help="cog: one Cloud-Optimized GeoTIFF per input; tiles: a VRT over one COG per block.",
+    )
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on CUDA GPUs.")
+    parser.add_argument("--resume", action="store_true", help="Finish an interrupted run in --output_dir.")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--no_progress", action="store_true")
@@ -71,6 +106,8 @@ def parse_args():
 
 def main():
     parser, args = parse_args()
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("lale_hf").setLevel(logging.INFO)
     try:
         results = predict_paths(
             args.inputs,
@@ -87,9 +124,17 @@ def main():
             trust_remote_code=args.trust_remote_code,
             num_threads=args.num_threads,
             torch_compile=args.torch_compile,
+            offset=args.offset,
+            block_rows=args.block_rows,
+            output_layout=args.output_layout,
+            resume=args.resume,
+            dtype=args.dtype,
+            mosaic=args.mosaic,
         )
     except (InferenceError, OSError, ImportError) as error:
+        end_processes()
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    end_processes()
 
     for result in results:
         top = sorted(result["classes"], key=lambda item: -item["pixels"])[:3]

@@ -34,6 +34,16 @@ class WorkItem:
         return f"{self.input_index:05d}-rows-{self.row0:06d}-{self.row1:06d}"
 
 
+def end_processes():
+    """Ends the process group the ranks share, all together: a rank that exits while a peer still holds the
+    group open can make gloo abort that peer. Scripts call it once, at the end (a no-op in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def assign_work(items: Sequence[WorkItem], num_processes: int) -> list[list[WorkItem]]:
     """Deterministic split balanced by pixel count: largest first to the least-loaded rank (ties: lowest rank).
 
@@ -53,9 +63,14 @@ class ProcessGroup:
     """This process's place among the ranks `accelerate launch` started (one rank under plain `python`)."""
 
     def __init__(self):
+        import torch
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        self.state = PartialState()
+        # Unlike Accelerator, PartialState does not read ACCELERATE_USE_CPU: without cpu=True, CPU ranks started
+        # by `accelerate launch --multi_gpu` would each think they run alone.
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+        self.state = PartialState(cpu=cpu)
         self.index = self.state.process_index
         self.count = self.state.num_processes
         self.is_main = self.state.is_main_process
@@ -104,4 +119,4 @@ class ProcessGroup:
         return gathered
 
 
-__all__ = ["ProcessFailure", "ProcessGroup", "WorkItem", "assign_work"]
+__all__ = ["ProcessFailure", "ProcessGroup", "WorkItem", "assign_work", "end_processes"]
