@@ -101,7 +101,9 @@ def test_upload_checks(tmp_path):
     uploads = load_space_module("space_uploads")
     small = tmp_path / "small.png"
     Image.new("RGB", (256, 256)).save(small)
-    assert uploads.check_upload(small, MAX_MEGAPIXELS) == (256, 256)
+    assert uploads.check_upload(small, MAX_MEGAPIXELS) == uploads.UploadInfo(256, 256, projected=False)
+    scene = load_space_module("space_examples").write_example_scene(tmp_path / "scene.tif", size=64)
+    assert uploads.check_upload(scene, MAX_MEGAPIXELS) == uploads.UploadInfo(64, 64, projected=True)
     big = tmp_path / "big.png"
     Image.new("RGB", (512, 512)).save(big)
     with pytest.raises(uploads.UploadRejected, match=r"512x512 pixels \(0\.26 megapixels\).*at most 0\.1 megapixels"):

@@ -60,7 +60,9 @@ except ImportError:
 HAS_TTA = PREDICT_TAKES_TTA or TestTimeAugmentation is not None
 TTA_PASSES = {"flip": 4, "d4": 8}  # model passes per tile
 TTA_CHOICES = [(f"{mode} ({TTA_PASSES[mode]}x slower)" if mode in TTA_PASSES else mode, mode) for mode in TTA_MODES]
-EXTRA_OUTPUT_OPTIONS = {name: True for name in ("save_confidence", "vectorize") if name in PREDICT_PARAMETERS}
+EXTRA_OUTPUT_OPTIONS = {name: True for name in ("save_confidence",) if name in PREDICT_PARAMETERS}
+# A GeoPackage of class polygons needs a projected CRS (areas in metres): asked for such rasters only.
+CAN_VECTORIZE = "vectorize" in PREDICT_PARAMETERS
 BAND_CHOICES = [
     ("The file's RGB (PNG, JPEG, RGB GeoTIFF)", "auto"),
     ("3,2,1: a B, G, R, NIR stack", "3,2,1"),
@@ -124,8 +126,10 @@ class SegmentationPage:
         upload = Path(upload)
         progress(0.0, desc="Checking the upload")
         try:
-            check_upload(upload, self.max_megapixels)
+            info = check_upload(upload, self.max_megapixels)
             options, model, tta = dict(EXTRA_OUTPUT_OPTIONS), self.predictor, str(tta or "none")
+            if CAN_VECTORIZE and info.projected:
+                options["vectorize"] = True
             if PREDICT_TAKES_TTA:
                 options["tta"] = tta
             elif tta != "none":

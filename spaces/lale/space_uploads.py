@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -26,19 +27,28 @@ class UploadRejected(ValueError):
     """An upload the Space does not predict; the message is shown in the page as it is."""
 
 
-def upload_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an uploaded image or raster, read from its header; `UploadRejected` when unreadable."""
+@dataclass(frozen=True)
+class UploadInfo:
+    """What the header says: the size, and whether the raster has a projected CRS (areas, polygons in metres)."""
+
+    width: int
+    height: int
+    projected: bool = False
+
+
+def read_header(path: str | os.PathLike) -> UploadInfo:
+    """Size (and CRS kind) of an uploaded image or raster, read from its header; `UploadRejected` when unreadable."""
     path = Path(path)
     name = path.name
     if not path.is_file() or path.stat().st_size == 0:
         raise UploadRejected(f"{name} is empty: upload {ACCEPTED_FORMATS}.")
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return _raster_size(path)
+        return _raster_header(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                return image.size
+                return UploadInfo(*image.size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UploadRejected(f"{name} is far too large to open ({error}).") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -48,7 +58,7 @@ def upload_size(path: str | os.PathLike) -> tuple[int, int]:
         ) from error
 
 
-def _raster_size(path: Path) -> tuple[int, int]:
+def _raster_header(path: Path) -> UploadInfo:
     try:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -60,14 +70,16 @@ def _raster_size(path: Path) -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as dataset:
-                return dataset.width, dataset.height
+                projected = dataset.crs is not None and dataset.crs.is_projected
+                return UploadInfo(dataset.width, dataset.height, projected)
     except RasterioIOError as error:
         raise UploadRejected(f"{path.name} is not a raster this Space can read: upload {ACCEPTED_FORMATS}.") from error
 
 
-def check_upload(path: str | os.PathLike, max_megapixels: float) -> tuple[int, int]:
-    """(width, height) of an upload that is readable and at most `max_megapixels`; `UploadRejected` otherwise."""
-    width, height = upload_size(path)
+def check_upload(path: str | os.PathLike, max_megapixels: float) -> UploadInfo:
+    """The header of an upload that is readable and at most `max_megapixels`; `UploadRejected` otherwise."""
+    info = read_header(path)
+    width, height = info.width, info.height
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
         raise UploadRejected(
@@ -75,7 +87,7 @@ def check_upload(path: str | os.PathLike, max_megapixels: float) -> tuple[int, i
             f"{max_megapixels:g} megapixels. Crop the scene, or run scripts/predict.py on your machine, which has no "
             "size limit."
         )
-    return width, height
+    return info
 
 
 def new_request_folder(root: Path) -> Path:
@@ -91,4 +103,4 @@ def new_request_folder(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="request-", dir=root))
 
 
-__all__ = ["ACCEPTED_FORMATS", "UploadRejected", "check_upload", "new_request_folder", "upload_size"]
+__all__ = ["ACCEPTED_FORMATS", "UploadInfo", "UploadRejected", "check_upload", "new_request_folder", "read_header"]
