@@ -4,6 +4,7 @@ Every input is checked before any prediction starts (readable, bands, scaling, t
 (class raster, colourised preview with a legend, statistics as JSON and CSV) appear together, only when complete.
 """
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ BLENDING = (
 
 
 OUTPUT_LAYOUTS = ("cog", "tiles")
+logger = logging.getLogger(__name__)
 
 
 def _positive_int(value, option: str) -> int:
@@ -214,7 +216,8 @@ def _prepare_run(run_folder: RunFolder, plans, description: dict, settings: Pred
         finally:
             source.close()
     items = [vars(item) for item in _work_items(plans, settings)]
-    run_folder.start({**description, "scalings": [s.to_dict() for s in scalings], "blocks": items}, False, True)
+    run = {**description, "scalings": [s.to_dict() for s in scalings], "blocks": items}
+    run_folder.start(run, resume=False, overwrite=settings.overwrite)
 
 
 def predict_file(path: str | os.PathLike, model, output_dir: str | os.PathLike, **settings) -> dict:
@@ -313,9 +316,17 @@ def _run_blocks(group: ProcessGroup, run_folder: RunFolder, plans, predictor, se
             source.close()
     mine = assign_work(items, group.count)[group.index]
     show = settings.progress and group.is_main
-    group.agree(
+    predicted = group.agree(
         "Predicting blocks",
         lambda: predict_blocks(mine, plans, scalings, metadata, predictor, settings, run_folder, show),
+    )
+    logger.info(
+        "process %d of %d: predicted %d of its %d blocks (%d were done before)",
+        group.index,
+        group.count,
+        len(predicted),
+        len(mine),
+        len(mine) - len(predicted),
     )
 
     def assemble():
