@@ -445,3 +445,15 @@ def test_display_layers_kept_on_disk(tmp_path):
     app = load_space_module("app")
     assert np.array_equal(app.restyle(folder, 0.0), background)
     assert app.restyle(str(tmp_path / "cleaned-away"), 0.5) == app.gr.update()  # the page keeps its map
+
+
+@pytest.mark.slow
+def test_page_example_runs(browser, space_url):
+    page = Page(browser, space_url)
+    buttons = page.driver.find_elements("css selector", "#examples button")
+    labels = [button.text for button in buttons]
+    assert any("GeoTIFF" in label for label in labels), labels
+    next(button for button in buttons if "PNG" in button.text).click()
+    page.wait.until(lambda d: "procedural-patch-3.png" in page.status() and page.idle())
+    assert "predicted in" in page.status()
+    page.wait.until(lambda d: page.map_image_loaded() and len(page.legend_labels()) == 7)
