@@ -29,7 +29,13 @@ import torch
 from lale_bench import model_figures, silence_third_party_noise
 from lale_bench.predict_memory import measure_memory
 from lale_bench.predict_profile import profile_stages
-from lale_bench.predict_report import memory_table, stage_table, summarize_pairs, throughput_table
+from lale_bench.predict_report import (
+    memory_table,
+    stage_table,
+    summarize_pairs,
+    summarize_pipeline,
+    throughput_table,
+)
 from lale_bench.predict_scene import benchmark_models, cached_scene
 from lale_bench.predict_timing import BACKENDS, load_backend, measure_pairs
 from lale_hf import LaleConfig, LaleForSemanticSegmentation
@@ -118,7 +124,9 @@ def main(argv=None):
 
     work = output_dir / "runs"
     runs = measure_pairs(scene, predictors, work, settings, args.rounds, args.record_mib * 2**20)
-    summaries = [summarize_pairs(run, args.size, args.size) for run in runs]
+    *backend_runs, pipeline_run = runs
+    summaries = [summarize_pairs(run, args.size, args.size) for run in backend_runs]
+    pipeline = summarize_pipeline(pipeline_run, args.size, args.size)
     profiles = (
         [] if args.no_profile else [profile_stages(scene, p, work / "profile", settings) for p in predictors.values()]
     )
@@ -131,7 +139,7 @@ def main(argv=None):
         f"{args.overlap:.0%} overlap, batch {args.batch_size}, {args.threads} threads, {args.rounds} paired rounds; "
         f"medians [min, max]"
     )
-    sections = [f"## Throughput\n\n{title}\n\n{throughput_table(summaries, TARGET_RATIO)}"]
+    sections = [f"## Throughput\n\n{title}\n\n{throughput_table(summaries, TARGET_RATIO, pipeline)}"]
     sections += [f"## Stages\n\n{stage_table(profile)}" for profile in profiles]
     if memory:
         sections.append(f"## Peak RSS of scripts/predict.py (child process, wait4 ru_maxrss)\n\n{memory_table(memory)}")
@@ -140,6 +148,7 @@ def main(argv=None):
         "environment": env,
         "settings": {**settings, "size": args.size, "rounds": args.rounds, "seed": args.seed, "scene": str(scene)},
         "throughput": summaries,
+        "pipeline_alone": pipeline,
         "stages": profiles,
         "memory": memory,
         "target_ratio": TARGET_RATIO,

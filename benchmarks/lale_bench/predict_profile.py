@@ -35,6 +35,9 @@ STAGES = (
     ("statistics", "lale_hf.inference.statistics", "AreaStatistics.update"),
     ("preview", "lale_hf.inference.writers", "Preview.update"),
     ("preview figure", "lale_hf.inference.visualization", "colorize_with_legend"),
+    # Block-wise prediction (several processes, resume): the merge of the blocks into the outputs.
+    ("assembly (merge)", "lale_hf.inference.block_prediction", "assemble_input"),
+    ("COG copy", "lale_hf.inference.assembly", "copy_to_cog"),
 )
 
 
@@ -69,17 +72,24 @@ class StageTimer:
 @contextlib.contextmanager
 def patched_stages(timer: StageTimer):
     """Wraps every function of `STAGES` that exists; yields the stages that were not found."""
-    restore, missing = [], []
-    modules = [module for name, module in list(sys.modules.items()) if name.startswith("lale_hf") and module]
+    restore, missing, found = [], [], []
     for stage, module_name, attribute in STAGES:
-        owner = importlib.import_module(module_name)
+        try:
+            owner = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(f"{module_name}.{attribute}")
+            continue
         *parents, name = attribute.split(".")
         for parent in parents:
             owner = getattr(owner, parent, None)
         original = getattr(owner, name, None) if owner is not None else None
         if original is None:
             missing.append(f"{module_name}.{attribute}")
-            continue
+        else:
+            found.append((stage, owner, parents, name, original))
+    # Every module is imported now, so every `from .x import f` copy of a function can be found.
+    modules = [module for key, module in list(sys.modules.items()) if key.startswith("lale_hf") and module]
+    for stage, owner, parents, name, original in found:
         wrapped = timer.wrap(stage, original)
         holders = [owner] if parents else [m for m in modules if getattr(m, name, None) is original]
         for holder in holders:

@@ -52,13 +52,25 @@ def summarize_pairs(run: PairedRun, height: int, width: int) -> dict:
     }
 
 
+def summarize_pipeline(run: PairedRun, height: int, width: int) -> dict:
+    """The pipeline alone (recorded logits replayed, no model): the end-to-end rate with an infinitely fast model."""
+    seconds = [sample["end_to_end_s"] for sample in run.rounds]
+    return {
+        "what": run.backend,
+        "scene": [height, width],
+        "mpx_s": spread([height * width / value / 1e6 for value in seconds]),
+        "seconds": spread(seconds),
+        "rounds": run.rounds,
+    }
+
+
 def _cell(values: dict, digits: int = 2, percent: bool = False) -> str:
     if percent:
         return f"{values['median']:.0%} [{values['min']:.0%}, {values['max']:.0%}]"
     return f"{values['median']:.{digits}f} [{values['min']:.{digits}f}, {values['max']:.{digits}f}]"
 
 
-def throughput_table(summaries: list[dict], target: float) -> str:
+def throughput_table(summaries: list[dict], target: float, pipeline: dict | None = None) -> str:
     lines = [
         "| backend | end to end Mpx/s | model alone Mpx/s | end to end / model alone (paired) | target "
         f">= {target:.0%} | model share of end to end | 10980^2 tile |",
@@ -73,6 +85,12 @@ def throughput_table(summaries: list[dict], target: float) -> str:
             f"{_cell(ratio, percent=True)} | {verdict} | {_cell(row['model_share_inside_pipeline'], percent=True)} | "
             f"{row['sentinel2_tile']['seconds']:.0f} s ({kind}) |"
         )
+    if pipeline is not None:
+        lines += [
+            "",
+            f"Pipeline alone (the recorded logits replayed, no model; the ceiling of end to end): "
+            f"{_cell(pipeline['mpx_s'])} Mpx/s, {_cell(pipeline['seconds'])} s per scene.",
+        ]
     return "\n".join(lines)
 
 

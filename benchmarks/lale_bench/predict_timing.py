@@ -54,6 +54,7 @@ class TimedPredictor(Predictor):
         self.backend = inner.backend
         self.keep_bytes = keep_bytes
         self.kept: list[np.ndarray] = []
+        self.kept_logits: list = []
         self.batch_sizes: list[int] = []
         self.seconds = 0.0
 
@@ -72,6 +73,8 @@ class TimedPredictor(Predictor):
         start = time.perf_counter()
         logits = self.inner(pixel_values)
         self.seconds += time.perf_counter() - start
+        if len(self.kept_logits) < len(self.kept):
+            self.kept_logits.append(logits.clone())
         return logits
 
 
@@ -88,6 +91,25 @@ def replay_plan(kept: list[np.ndarray], batch_sizes: list[int]) -> list[np.ndarr
         raise ValueError(f"no recorded batch of size {missing}: raise --record_mib.")
     cycles = {size: itertools.cycle(batches) for size, batches in by_size.items()}
     return [next(cycles[size]) for size in batch_sizes]
+
+
+class ReplayPredictor(Predictor):
+    """Returns recorded logits, call after call, at no model cost: the pipeline alone, with real logits to blend,
+    upsample, take the argmax of and write. Its rate is what end to end tends to as the model gets faster (a GPU)."""
+
+    backend = "replay"
+
+    def __init__(self, template: Predictor, logits: list):
+        super().__init__("replayed logits", template.id2label, template.preprocessing)
+        self.logits = logits
+        self.calls = 0
+
+    def __call__(self, pixel_values: np.ndarray):
+        logits = self.logits[self.calls % len(self.logits)]
+        self.calls += 1
+        if len(logits) != len(pixel_values):
+            raise ValueError(f"replayed logits for {len(logits)} tiles, the pipeline asked for {len(pixel_values)}.")
+        return logits
 
 
 def time_model_alone(predictor: Predictor, batches: list[np.ndarray]) -> float:
@@ -130,7 +152,8 @@ def measure_pairs(
 ) -> list[PairedRun]:
     """Records the batches in one untimed end-to-end run per distinct preprocessing (the batches do not depend on
     the backend otherwise), warms every backend up on each batch shape (compiles included), then takes `rounds`
-    rounds of paired (model alone, end to end) samples per backend."""
+    rounds of paired (model alone, end to end) samples per backend. Each round also runs the pipeline alone on the
+    recorded logits (the last run returned)."""
     timed = {name: TimedPredictor(predictor, record_bytes) for name, predictor in predictors.items()}
     runs, plans, recorded = {}, {}, {}
     for name, predictor in timed.items():
@@ -139,13 +162,21 @@ def measure_pairs(
             log(f"recording run ({name}): the batches the pipeline feeds its model")
             run_end_to_end(scene, predictor, output_dir / name, settings)
             recorded[key] = (replay_plan(predictor.kept, predictor.batch_sizes), predictor.batch_sizes, predictor.kept)
+            if len(recorded) == 1:
+                replay = ReplayPredictor(predictor, replay_plan(predictor.kept_logits, predictor.batch_sizes))
         plans[name], batch_sizes, kept = recorded[key]
-        predictor.kept, predictor.keep_bytes = [], 0  # timed runs copy nothing
+        predictor.kept, predictor.kept_logits, predictor.keep_bytes = [], [], 0  # timed runs copy nothing
         for size in sorted(set(batch_sizes)):
             time_model_alone(predictor.inner, [next(batch for batch in plans[name] if len(batch) == size)])
         runs[name] = PairedRun(name, sum(batch_sizes), dict(Counter(batch_sizes)), len(kept))
     names = list(timed)
+    pipeline = PairedRun("pipeline alone (replayed logits)", runs[names[0]].tiles, runs[names[0]].batch_sizes, 0)
     for round_index in range(rounds):
+        replay.calls = 0
+        sample = {"load_average": os.getloadavg()[0], "model_alone_s": 0.0, "model_in_pipeline_s": 0.0}
+        sample["end_to_end_s"] = run_end_to_end(scene, replay, output_dir / "replay", settings)
+        pipeline.rounds.append(sample)
+        log(f"round {round_index + 1}/{rounds} pipeline alone: {sample['end_to_end_s']:.2f} s")
         # Backends take turns in a rotating order; inside a pair, which goes first alternates.
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
@@ -168,4 +199,4 @@ def measure_pairs(
                 f"{sample['end_to_end_s']:.2f} s (model inside {sample['model_in_pipeline_s']:.2f} s), load "
                 f"{sample['load_average']:.1f}"
             )
-    return list(runs.values())
+    return [*runs.values(), pipeline]
