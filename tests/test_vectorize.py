@@ -167,9 +167,16 @@ def test_simplification_keeps_a_coverage(scene, tmp_path):
     folder, classes, _ = scene
     plain, simplified = tmp_path / "plain.gpkg", tmp_path / "simplified.gpkg"
     vectorize_class_raster(folder / "classes.tif", plain, min_mapping_unit=6, block_rows=BLOCK_ROWS)
-    vectorize_class_raster(
-        folder / "classes.tif", simplified, min_mapping_unit=6, simplify_tolerance=15.0, block_rows=BLOCK_ROWS
+    # Small write batches: edges between polygons of different batches must stay shared too.
+    summary = vectorize_class_raster(
+        folder / "classes.tif",
+        simplified,
+        min_mapping_unit=6,
+        simplify_tolerance=15.0,
+        block_rows=BLOCK_ROWS,
+        write_batch=300,
     )
+    assert summary["settings"]["write_batch"] == 300 and summary["settings"]["simplify_tolerance"] == 15.0
     _, before, _ = read_layer(plain)
     _, after, fields = read_layer(simplified)
     assert "mean_confidence" not in fields  # no confidence raster given

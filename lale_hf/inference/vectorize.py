@@ -45,8 +45,9 @@ from .extras import import_rasterio, rasterio_env
 
 NODATA_CLASS = 255
 DEFAULT_LAYER = "land_cover"
-# Finished polygons are simplified and written in batches of this many: larger batches simplify more shared edges.
-WRITE_BATCH = 20000
+# Finished polygons are simplified and written in batches of at least this many (after the block that completes
+# them): larger batches simplify more shared edges and hold more polygons in memory (about 10 kB each).
+WRITE_BATCH = 5000
 
 
 class VectorizeError(InferenceError):
@@ -61,6 +62,7 @@ class VectorizeSettings:
     simplify_tolerance: float = 0.0
     block_rows: int = 1024
     layer: str = DEFAULT_LAYER
+    write_batch: int = WRITE_BATCH
     connectivity: int = 4
 
     def check(self):
@@ -77,6 +79,8 @@ class VectorizeSettings:
             )
         if self.block_rows < 1:
             raise VectorizeError(f"block_rows {self.block_rows}: expected a positive number of rows.")
+        if self.write_batch < 1:
+            raise VectorizeError(f"write_batch {self.write_batch}: expected a positive number of polygons.")
         if not self.layer:
             raise VectorizeError("layer: expected a non-empty layer name.")
 
@@ -306,6 +310,7 @@ def vectorize_class_raster(
     simplify_tolerance: float = 0.0,
     block_rows: int = 1024,
     layer: str = DEFAULT_LAYER,
+    write_batch: int = WRITE_BATCH,
     overwrite: bool = False,
 ) -> dict:
     """Writes the polygons of `class_raster` (a one-band uint8 GeoTIFF, 255 = no data) to the GeoPackage
@@ -317,7 +322,7 @@ def vectorize_class_raster(
     """
     import shapely
 
-    settings = VectorizeSettings(min_mapping_unit, float(simplify_tolerance), block_rows, layer)
+    settings = VectorizeSettings(min_mapping_unit, float(simplify_tolerance), block_rows, layer, write_batch)
     settings.check()
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".gpkg":
@@ -416,7 +421,7 @@ def _write_polygons(dataset, confidence, settings, nodata_values, names, transfo
         for class_index, pixels, confidence_sum, pieces in components.finish(open_keys):
             polygon = pieces[0] if len(pieces) == 1 else shapely.union_all(pieces)
             finished.append((class_index, pixels, confidence_sum, polygon))
-        if len(finished) >= WRITE_BATCH:
+        if len(finished) >= settings.write_batch:
             flush()
         previous_bottom = (keys[-1].copy(), classes[-1].copy())
     flush()
