@@ -28,9 +28,12 @@ import torch
 
 from lale_bench import model_figures, silence_third_party_noise
 from lale_bench.predict_memory import measure_memory
+from lale_bench.predict_processes import run_processes
 from lale_bench.predict_profile import profile_stages
 from lale_bench.predict_report import (
     memory_table,
+    processes_table,
+    projection_lines,
     stage_table,
     summarize_pairs,
     summarize_pipeline,
@@ -57,6 +60,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--memory_backends", nargs="+", choices=BACKENDS, help="Backends for peak RSS (default: --backends)."
     )
+    parser.add_argument(
+        "--processes", type=int, nargs="*", default=[], help="Process counts for scripts/predict.py, e.g. 1 2."
+    )
+    parser.add_argument("--process_size", type=int, default=2048, help="Scene side for --processes.")
+    parser.add_argument("--process_backend", default="eager", choices=BACKENDS, help="Backend for --processes.")
     parser.add_argument("--tile_size", type=int, default=256)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -134,6 +142,13 @@ def main(argv=None):
     memory_backends = args.memory_backends or args.backends
     memory = measure_memory(memory_backends, models, memory_scenes, work, settings) if memory_scenes else []
 
+    processes = []
+    if args.processes:
+        process_scene = cached_scene(cache_dir, args.process_size, raw_dir, args.seed)
+        for count in args.processes:
+            print(f"{count} process(es): scripts/predict.py on {args.process_size}^2", flush=True)
+            processes.append(run_processes(count, args.process_backend, models, process_scene, work, settings))
+
     title = (
         f"LALE-tiny fp32, {args.size}x{args.size} uint16 4-band scene, {args.tile_size}-px tiles, "
         f"{args.overlap:.0%} overlap, batch {args.batch_size}, {args.threads} threads, {args.rounds} paired rounds; "
@@ -143,6 +158,19 @@ def main(argv=None):
     sections += [f"## Stages\n\n{stage_table(profile)}" for profile in profiles]
     if memory:
         sections.append(f"## Peak RSS of scripts/predict.py (child process, wait4 ru_maxrss)\n\n{memory_table(memory)}")
+    if processes:
+        pixels = args.process_size**2
+        one = next((run for run in processes if run["processes"] == 1), None)
+        text = (
+            f"scripts/predict.py, {args.process_backend}, {args.process_size}x{args.process_size} scene, as separate "
+            f"runs (1 process: plain python; more: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu)\n\n"
+            f"{processes_table(processes, pixels)}"
+        )
+        if one and one["predict_s"] and one["merge_s"]:
+            text += "\n\nProjection for 10^11 pixels (arithmetic from the 1-process run):\n\n" + projection_lines(
+                pixels / one["predict_s"] / 1e6, pixels / one["merge_s"] / 1e6, pipeline["mpx_s"]["median"]
+            )
+        sections.append(f"## Processes\n\n{text}")
     report = "\n\n".join(sections) + "\n"
     results = {
         "environment": env,
@@ -151,6 +179,7 @@ def main(argv=None):
         "pipeline_alone": pipeline,
         "stages": profiles,
         "memory": memory,
+        "processes": processes,
         "target_ratio": TARGET_RATIO,
     }
     write_atomic(output_dir / "benchmark-predict.md", report)

@@ -35,7 +35,11 @@ STAGES = (
     ("statistics", "lale_hf.inference.statistics", "AreaStatistics.update"),
     ("preview", "lale_hf.inference.writers", "Preview.update"),
     ("preview figure", "lale_hf.inference.visualization", "colorize_with_legend"),
-    # Block-wise prediction (several processes, resume): the merge of the blocks into the outputs.
+    ("model", "lale_hf.inference.predictors", "TorchPredictor.__call__"),
+    ("model", "lale_hf.inference.predictors", "OnnxPredictor.__call__"),
+    # Block-wise prediction (several processes, resume): the loop over a rank's blocks, and the merge of the blocks
+    # into the outputs.
+    ("block loop", "lale_hf.inference.block_prediction", "predict_blocks"),
     ("assembly (merge)", "lale_hf.inference.block_prediction", "assemble_input"),
     ("COG copy", "lale_hf.inference.assembly", "copy_to_cog"),
 )
@@ -43,7 +47,8 @@ STAGES = (
 
 class StageTimer:
     def __init__(self):
-        self.totals = defaultdict(float)
+        self.totals = defaultdict(float)  # exclusive
+        self.inclusive = defaultdict(float)  # with the stages called inside
         self.calls = defaultdict(int)
         self.local = threading.local()
 
@@ -62,6 +67,7 @@ class StageTimer:
                 if threading.current_thread() is not threading.main_thread():
                     key += " (background)"
                 self.totals[key] += elapsed - inner
+                self.inclusive[key] += elapsed
                 self.calls[key] += 1
                 if stack:
                     stack[-1][1] += elapsed
@@ -109,9 +115,10 @@ def profile_stages(scene: Path, predictor, output_dir: Path, settings: dict) -> 
     with patched_stages(timer) as missing:
         total = run_end_to_end(scene, timed, output_dir, settings)
     stages = dict(sorted(timer.totals.items(), key=lambda item: -item[1]))
+    if "model" not in stages:  # a predictor class the stages do not list
+        stages["model"] = timed.seconds
     main_thread = sum(seconds for stage, seconds in stages.items() if not stage.endswith("(background)"))
-    stages["model"] = timed.seconds
-    stages["remainder (batching, blending, loop)"] = max(total - main_thread - timed.seconds, 0.0)
+    stages["remainder (batching, blending, loop)"] = max(total - main_thread, 0.0)
     return {
         "backend": predictor.backend,
         "total_s": total,

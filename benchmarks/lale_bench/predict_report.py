@@ -116,3 +116,45 @@ def memory_table(rows: list[dict]) -> str:
             f"{row['peak_rss_mib'] / smallest:.3f}x | {row['seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def processes_table(runs: list[dict], pixels: int) -> str:
+    base = next((run for run in runs if run["processes"] == 1), runs[0])
+    lines = [
+        "| processes | threads per process | wall s | Mpx/s (scene / wall) | wall vs 1 process | block loop s (slowest "
+        "rank) | merge s (rank 0) | peak RSS per rank MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        rss = ", ".join(f"{rank['peak_rss_mib']:.0f}" for rank in run["ranks"])
+        threads = ", ".join(str(count) for count in run["threads_per_process"])
+        lines.append(
+            f"| {run['processes']} | {threads} | {run['wall_s']:.1f} | {pixels / run['wall_s'] / 1e6:.2f} | "
+            f"{base['wall_s'] / run['wall_s']:.2f}x | {run['predict_s']:.1f} | {run['merge_s']:.1f} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def projection_lines(per_process_mpx_s: float, merge_mpx_s: float, ceiling_mpx_s: float | None, pixels=1e11) -> str:
+    """The arithmetic of a continent-sized job from measured rates (Mpx/s)."""
+    from .predict_processes import projection
+
+    def hours(seconds):
+        return f"{seconds / 3600:.1f} h"
+
+    cpu = projection(pixels, per_process_mpx_s, merge_mpx_s, 64)
+    lines = [
+        f"- 64 CPU nodes like this one, one process each at the measured {per_process_mpx_s:.2f} Mpx/s per process: "
+        f"{pixels:.0e} px / (64 x {per_process_mpx_s:.2f} Mpx/s) = {hours(cpu['predict_s'])}, then the one-COG merge "
+        f"on one process at {merge_mpx_s:.1f} Mpx/s: {pixels:.0e} / {merge_mpx_s:.1f} Mpx/s = {hours(cpu['merge_s'])}; "
+        f"total {hours(cpu['total_s'])} (`--output_layout tiles` skips the merge's copy).",
+    ]
+    if ceiling_mpx_s:
+        gpu = projection(pixels, ceiling_mpx_s, merge_mpx_s, 8)
+        lines.append(
+            f"- 8 GPUs: no GPU was measured here. A rank whose model costs nothing runs at the pipeline-alone rate "
+            f"measured above, {ceiling_mpx_s:.2f} Mpx/s on these cores, so with such host CPUs: {pixels:.0e} / "
+            f"(8 x {ceiling_mpx_s:.2f} Mpx/s) = {hours(gpu['predict_s'])} at best, plus the merge "
+            f"{hours(gpu['merge_s'])}; total {hours(gpu['total_s'])}. The host's CPU work, not the GPU, bounds it."
+        )
+    return "\n".join(lines)
