@@ -228,21 +228,16 @@ def _polygonise_block(classes: np.ndarray, row0: int, connectivity: int):
     from rasterio.features import rasterize, shapes
 
     to_pixels = Affine.translation(0, row0)
-    regions = []
+    regions, burn = [], []
     for number, (geometry, value) in enumerate(
         shapes(classes, mask=classes != NODATA_CLASS, connectivity=connectivity, transform=to_pixels), start=1
     ):
         rings = geometry["coordinates"]
         regions.append((number, shapely.Polygon(rings[0], rings[1:]), int(value)))
+        burn.append((geometry, number))  # GeoJSON as GDAL gave it: rasterize converts shapely objects slowly
     labels = np.zeros(classes.shape, dtype=np.int32)
-    if regions:
-        labels = rasterize(
-            [(polygon, number) for number, polygon, _ in regions],
-            out_shape=classes.shape,
-            transform=to_pixels,
-            fill=0,
-            dtype="int32",
-        )
+    if burn:
+        labels = rasterize(burn, out_shape=classes.shape, transform=to_pixels, fill=0, dtype="int32")
     return labels, regions
 
 
