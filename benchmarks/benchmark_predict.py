@@ -61,7 +61,11 @@ def parse_args(argv=None):
         "--memory_backends", nargs="+", choices=BACKENDS, help="Backends for peak RSS (default: --backends)."
     )
     parser.add_argument(
-        "--processes", type=int, nargs="*", default=[], help="Process counts for scripts/predict.py, e.g. 1 2."
+        "--processes",
+        nargs="*",
+        default=[],
+        help="Process counts for scripts/predict.py, e.g. 1 2; N:T also sets OMP_NUM_THREADS=T (1:1 is one process "
+        "on one thread).",
     )
     parser.add_argument("--process_size", type=int, default=2048, help="Scene side for --processes.")
     parser.add_argument("--process_backend", default="eager", choices=BACKENDS, help="Backend for --processes.")
@@ -145,9 +149,13 @@ def main(argv=None):
     processes = []
     if args.processes:
         process_scene = cached_scene(cache_dir, args.process_size, raw_dir, args.seed)
-        for count in args.processes:
-            print(f"{count} process(es): scripts/predict.py on {args.process_size}^2", flush=True)
-            processes.append(run_processes(count, args.process_backend, models, process_scene, work, settings))
+        for spec in args.processes:
+            count, _, threads = spec.partition(":")
+            print(f"{spec} process(es): scripts/predict.py on {args.process_size}^2", flush=True)
+            run = run_processes(
+                int(count), args.process_backend, models, process_scene, work, settings, threads=int(threads or 0)
+            )
+            processes.append(run)
 
     title = (
         f"LALE-tiny fp32, {args.size}x{args.size} uint16 4-band scene, {args.tile_size}-px tiles, "

@@ -29,14 +29,25 @@ def free_port() -> int:
 
 
 def run_processes(
-    num_processes: int, backend: str, models: dict, scene: Path, work: Path, settings: dict, extra: list[str] = ()
+    num_processes: int,
+    backend: str,
+    models: dict,
+    scene: Path,
+    work: Path,
+    settings: dict,
+    extra: list[str] = (),
+    threads: int | None = None,
 ) -> dict:
-    """Runs the prediction of `scene` in `num_processes` processes; returns the wall time and each rank's record."""
+    """Runs the prediction of `scene` in `num_processes` processes; returns the wall time and each rank's record.
+
+    `threads` sets OMP_NUM_THREADS for one process (several processes share the cores themselves)."""
     output_dir = work / f"processes-{num_processes}"
-    timings = work / f"timings-{num_processes}-{{rank}}.json"
+    timings = work / f"timings-{num_processes}x{threads or 0}-{{rank}}.json"
     predict = predict_command(backend, models, scene, output_dir, settings)[1:]  # without the interpreter
     child = [str(CHILD), "--timings", str(timings), *predict, *extra]
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if num_processes == 1:
         command = [sys.executable, *child]
     else:
