@@ -115,3 +115,52 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
     tiny_model.save_pretrained(folder)
     LaleImageProcessor().save_pretrained(folder)
     return folder
+
+
+# A short real training run: 150 steps of lale-tiny on 128-pixel crops of the real train/ patches (about 1.5 min on
+# 2 idle cores). Its logits are confident where the land cover is clear, unlike random weights, whose near-uniform
+# logits flip class under any rounding; tests of reduced precision (int8, fp16) need that.
+REAL_TRAINING_ARGS = [
+    "--preset",
+    "lale-tiny",
+    "--max_train_steps",
+    "150",
+    "--image_size",
+    "128",
+    "--scale_range",
+    "1.5",
+    "3.0",
+    "--eval_image_size",
+    "256",
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "16",
+    "--learning_rate",
+    "3e-3",
+    "--eval_steps",
+    "1000",
+    "--seed",
+    "0",
+]
+
+
+@pytest.fixture(scope="session")
+def real_trained_checkpoint(s2glc_dataset, tmp_path_factory) -> Path:
+    """lale-tiny trained by scripts/train.py on the real sample's train split (`REAL_TRAINING_ARGS`), saved with its
+    image processor; evaluated on the validation split at the end (all_results.json)."""
+    import subprocess
+
+    output = tmp_path_factory.mktemp("real-trained") / "lale-tiny"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--dataset_name", str(s2glc_dataset)]
+    result = subprocess.run(
+        [*command, *REAL_TRAINING_ARGS, "--output_dir", str(output)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"training the real checkpoint failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return output

@@ -19,7 +19,16 @@ from lale_hf.allocator import detect_allocator
 from lale_hf.inference import relative_error
 
 from .counting import count_flops, count_parameters, peak_memory_bytes, safetensors_bytes
-from .paths import DTYPES, PATHS, TOLERANCES, PathUnavailable, make_train_step, prepare_path
+from .paths import (
+    CLASS_MAP_AGREEMENT,
+    DTYPES,
+    PATHS,
+    TOLERANCES,
+    PathUnavailable,
+    class_map_agreement,
+    make_train_step,
+    prepare_path,
+)
 from .timing import Task, matmul_task, run_rounds, warm_up
 from .zoo import DEFAULT_MODELS, ZOO, build_model, check_logits
 
@@ -208,7 +217,15 @@ def _setup_model(name, settings, device, synchronize, folder, run, log) -> list[
                     record.update(status="mismatch", detail=str(error))
                     log(f"  {path} b{batch_size}: mismatch, {error}")
                     continue
-                if not record["max_relative_error"] <= TOLERANCES[dtype]:
+                if path in CLASS_MAP_AGREEMENT:  # int8: the class map is what must survive, not the logits
+                    record["class_map_agreement"] = class_map_agreement(output, expected)
+                    if not record["class_map_agreement"] >= CLASS_MAP_AGREEMENT[path]:
+                        record.update(
+                            status="mismatch", detail=f"class maps agree under {CLASS_MAP_AGREEMENT[path]:.0%}"
+                        )
+                        log(f"  {path} b{batch_size}: mismatch, agreement {record['class_map_agreement']:.2%}")
+                        continue
+                elif not record["max_relative_error"] <= TOLERANCES[dtype]:
                     record.update(status="mismatch", detail=f"error over {TOLERANCES[dtype]:g}")
                     log(f"  {path} b{batch_size}: mismatch, error {record['max_relative_error']:.2e}")
                     continue

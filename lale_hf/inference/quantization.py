@@ -328,19 +328,9 @@ def quantize_onnx(
     `settings.seed`). Every input is checked before anything is written; the output appears atomically, only when
     complete, and is byte-identical for the same inputs and settings.
     """
-    import_onnxruntime()
-    onnx = import_onnx()
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     settings = settings or QuantizationSettings()
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.suffix.lower() != ".onnx":
-        raise QuantizationError(f"--output {output_path}: expected a file name ending in .onnx.")
-    if output_path.resolve() == input_path.resolve():
-        raise QuantizationError(f"--output {output_path}: would overwrite the fp32 model it quantises.")
-    proto, metadata, preprocessing = _read_fp32_model(input_path)
-    keep_float = resolve_keep_float(proto, settings.keep_float)
+    input_path, output_path = _check_paths(input_path, output_path)
+    _, _, preprocessing = _read_fp32_model(input_path)
     crop = max(preprocessing.size) if preprocessing.size else 256
     images = load_calibration_images(
         calibration_dataset, settings.calibration_samples, settings.seed, settings.calibration_split, crop
@@ -349,6 +339,39 @@ def quantize_onnx(
         batches = calibration_batches(images, preprocessing)
     except PreprocessingError as error:
         raise QuantizationError(f"--calibration_dataset {calibration_dataset}: {error}") from error
+    source = {"calibration_dataset": Path(calibration_dataset).name, "calibration_images": len(images)}
+    return quantize_onnx_on_batches(input_path, output_path, batches, settings, source)
+
+
+def _check_paths(input_path, output_path) -> tuple[Path, Path]:
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() != ".onnx":
+        raise QuantizationError(f"--output {output_path}: expected a file name ending in .onnx.")
+    if output_path.resolve() == input_path.resolve():
+        raise QuantizationError(f"--output {output_path}: would overwrite the fp32 model it quantises.")
+    return input_path, output_path
+
+
+def quantize_onnx_on_batches(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    batches: list[np.ndarray],
+    settings: QuantizationSettings | None = None,
+    source: dict | None = None,
+) -> Path:
+    """`quantize_onnx` calibrated on ready `pixel_values` batches (float32, N x C x H x W) instead of image files;
+    `source` describes them in the file's quantisation record. For benchmarks on synthetic inputs."""
+    import_onnxruntime()
+    onnx = import_onnx()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    settings = settings or QuantizationSettings()
+    input_path, output_path = _check_paths(input_path, output_path)
+    proto, metadata, _ = _read_fp32_model(input_path)
+    if not batches:
+        raise QuantizationError("calibration: no batches to calibrate on.")
+    keep_float = resolve_keep_float(proto, settings.keep_float)
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -380,8 +403,7 @@ def quantize_onnx(
         "format": "QDQ",
         "weights": "int8 per channel" if settings.per_channel else "int8 per tensor",
         "activations": "int8 per tensor",
-        "calibration_dataset": Path(calibration_dataset).name,
-        "calibration_images": len(images),
+        **(source or {"calibration_batches": len(batches)}),
     }
     del quantized.metadata_props[:]
     for key, value in {**metadata, METADATA_KEY: json.dumps(record, sort_keys=True)}.items():
@@ -412,5 +434,6 @@ __all__ = [
     "load_calibration_images",
     "quantization_record",
     "quantize_onnx",
+    "quantize_onnx_on_batches",
     "resolve_keep_float",
 ]

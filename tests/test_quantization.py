@@ -1,0 +1,344 @@
+"""int8 ONNX (static QDQ, calibrated on real patches) and half-precision weights, on a checkpoint trained on real
+patches (`real_trained_checkpoint`): random weights give near-uniform logits whose argmax flips under any rounding,
+so they would prove nothing about accuracy."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+from lale_hf.inference import (
+    OnnxPredictor,
+    QuantizationError,
+    QuantizationSettings,
+    TorchPredictor,
+    WeightConversionError,
+    export_onnx,
+    is_quantized,
+    load_predictor,
+    predict_image,
+    quantization_record,
+    quantize_onnx,
+    relative_error,
+    save_half_precision,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Fewer calibration images than the default keeps each quantisation of the determinism test to seconds.
+FAST = QuantizationSettings(calibration_samples=16)
+
+
+def run(script: str, *args, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def fp32_model(real_trained_checkpoint):
+    return AutoModelForSemanticSegmentation.from_pretrained(real_trained_checkpoint, use_safetensors=True).eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(real_trained_checkpoint, fp32_model, tmp_path_factory) -> Path:
+    processor = AutoImageProcessor.from_pretrained(real_trained_checkpoint)
+    return export_onnx(fp32_model, tmp_path_factory.mktemp("fp32") / "model.onnx", image_processor=processor)
+
+
+@pytest.fixture(scope="module")
+def int8_export(real_trained_checkpoint, s2glc_dataset, tmp_path_factory, clean_env) -> tuple[Path, str]:
+    """scripts/export_onnx.py --quantize int8 with its defaults (64 train patches, MinMax); the file and stdout."""
+    path = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    result = run(
+        "export_onnx.py",
+        "--model",
+        real_trained_checkpoint,
+        "--output",
+        path,
+        "--quantize",
+        "int8",
+        "--calibration_dataset",
+        s2glc_dataset,
+        env=clean_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path, result.stdout
+
+
+@pytest.fixture(scope="module")
+def validation_images(s2glc_sample) -> np.ndarray:
+    """The 60 real validation patches (uint8, N x 256 x 256 x 3); calibration draws from train/ only."""
+    paths = sorted((s2glc_sample / "val" / "images").glob("*.png"))
+    return np.stack([np.array(Image.open(path).convert("RGB")) for path in paths])
+
+
+def class_maps(predictor, images: np.ndarray) -> np.ndarray:
+    """Full-resolution class maps: logits upsampled bilinearly to the patch size, then argmax (as evaluation does)."""
+    maps = []
+    for start in range(0, len(images), 20):
+        logits = predictor(predictor.normalize(images[start : start + 20]))
+        logits = torch.nn.functional.interpolate(logits, size=images.shape[1:3], mode="bilinear", align_corners=False)
+        maps.append(logits.argmax(1).numpy())
+    return np.concatenate(maps)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_int8_class_maps_agree_with_fp32_on_real_validation_patches(int8_export, fp32_onnx, validation_images):
+    fp32_maps = class_maps(OnnxPredictor(fp32_onnx), validation_images)
+    int8_maps = class_maps(OnnxPredictor(int8_export[0]), validation_images)
+    assert len(np.unique(fp32_maps)) >= 3  # a map of one class would agree trivially
+    agreement = float((fp32_maps == int8_maps).mean())
+    assert agreement >= 0.98, f"int8 and fp32 class maps agree on {agreement:.2%} of validation pixels"
+    # The check the script printed is the same measure, on its calibration images.
+    assert "calibration images" in int8_export[1] and "pixels agree" in int8_export[1]
+
+
+def test_int8_file_is_small_quantised_and_keeps_the_metadata(int8_export, fp32_onnx):
+    path = int8_export[0]
+    assert path.stat().st_size <= 0.30 * fp32_onnx.stat().st_size
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no calibration or temporary leftovers
+    model, reference = onnx.load(path), onnx.load(fp32_onnx)
+    assert is_quantized(model) and not is_quantized(reference)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    expected = {prop.key: prop.value for prop in reference.metadata_props}
+    for key in ("id2label", "label_names", "preprocessing", "output_stride", "model_type"):
+        assert metadata[key] == expected[key]
+    record = quantization_record(path)
+    assert record["calibration_method"] == "minmax" and record["calibration_images"] == 64
+    assert record["format"] == "QDQ" and record["weights"] == "int8 per channel" and record["seed"] == 0
+    assert quantization_record(fp32_onnx) is None
+    # Per-channel weights: one scale per output channel of a quantised Conv.
+    scales = {init.name: init for init in model.graph.initializer if init.name.endswith("weight_scale")}
+    assert any(len(init.dims) == 1 and init.dims[0] > 1 for init in scales.values())
+
+
+def test_predict_script_runs_the_int8_file(int8_export, s2glc_sample, tmp_path, clean_env):
+    patch = s2glc_sample / "val" / "images" / "s2glc_00275.png"
+    result = run(
+        "predict.py", "--model", int8_export[0], "--output_dir", tmp_path, "--no_progress", patch, env=clean_env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "s2glc_00275_stats.json").read_text())
+    assert stats["prediction"]["backend"] == "onnxruntime"
+    written = np.array(Image.open(tmp_path / "s2glc_00275_classes.png"))
+    in_process = predict_image(Image.open(patch), load_predictor(int8_export[0]))
+    assert (written == in_process).mean() > 0.999
+
+
+def test_calibration_is_deterministic_for_a_seed(fp32_onnx, s2glc_dataset, tmp_path):
+    first = quantize_onnx(fp32_onnx, tmp_path / "a.onnx", s2glc_dataset, FAST)
+    second = quantize_onnx(fp32_onnx, tmp_path / "b.onnx", s2glc_dataset, FAST)
+    assert first.read_bytes() == second.read_bytes()
+    other_seed = QuantizationSettings(calibration_samples=FAST.calibration_samples, seed=1)
+    third = quantize_onnx(fp32_onnx, tmp_path / "c.onnx", s2glc_dataset, other_seed)
+    assert third.read_bytes() != first.read_bytes()  # another draw of images gives other ranges
+
+
+def test_an_image_folder_calibrates_too(fp32_onnx, s2glc_sample, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((s2glc_sample / "train" / "images").glob("*.png"))[:8]:
+        shutil.copy(path, folder / path.name)
+    output = quantize_onnx(fp32_onnx, tmp_path / "folder.onnx", folder, FAST)
+    assert quantization_record(output)["calibration_images"] == 8
+
+
+def rgba_folder(folder: Path, s2glc_sample: Path) -> Path:
+    folder.mkdir()
+    rgb = Image.open(next((s2glc_sample / "train" / "images").glob("*.png"))).convert("RGB")
+    rgb.save(folder / "good.png")
+    rgb.convert("RGBA").save(folder / "with_alpha.png")
+    return folder
+
+
+def raw_tif_folder(folder: Path, s2glc_sample: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(next((s2glc_sample / "raw-tif").glob("*.tif")), folder / "scene.tif")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_folder, message",
+    [
+        (lambda folder, sample: folder.mkdir() or folder, r"no calibration images"),
+        (rgba_folder, r"with_alpha\.png: 4 band\(s\) of uint8; calibration needs 8-bit RGB"),
+        (raw_tif_folder, r"scene\.tif: 4 band\(s\) of uint16; calibration needs 8-bit RGB"),
+    ],
+    ids=["empty-folder", "rgba-png", "4-band-uint16-geotiff"],
+)
+def test_bad_calibration_folders_are_clear_errors_and_write_nothing(
+    fp32_onnx, s2glc_sample, tmp_path, make_folder, message
+):
+    folder = make_folder(tmp_path / "calibration", s2glc_sample)
+    output_folder = tmp_path / "out"
+    output_folder.mkdir()
+    with pytest.raises(QuantizationError, match=message):
+        quantize_onnx(fp32_onnx, output_folder / "model.onnx", folder, FAST)
+    assert leftovers(output_folder) == []
+
+
+def test_quantising_a_quantised_file_is_refused(int8_export, s2glc_dataset, tmp_path):
+    with pytest.raises(QuantizationError, match=r"already quantised"):
+        quantize_onnx(int8_export[0], tmp_path / "twice.onnx", s2glc_dataset, FAST)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--quantize", "int4"], r"argument --quantize: invalid choice: 'int4'"),
+        (["--quantize", "int8"], r"--quantize int8 needs --calibration_dataset"),
+        (["--quantize", "int8", "--calibration_dataset", "EMPTY"], r"no calibration images"),
+        (["--quantize", "int8", "--calibration_dataset", "DATASET", "--calibration_split", "test"], r"no split 'test'"),
+    ],
+    ids=["unknown-quantize", "no-calibration", "empty-calibration-folder", "missing-split"],
+)
+def test_export_script_refuses_bad_quantisation_input(
+    real_trained_checkpoint, s2glc_dataset, tmp_path, clean_env, extra, message
+):
+    (tmp_path / "empty").mkdir()
+    replacements = {"EMPTY": tmp_path / "empty", "DATASET": s2glc_dataset}
+    output_folder = tmp_path / "out"
+    output_folder.mkdir()
+    extra = [replacements.get(arg, arg) for arg in extra]
+    result = run(
+        "export_onnx.py",
+        "--model",
+        real_trained_checkpoint,
+        "--output",
+        output_folder / "x.onnx",
+        *extra,
+        env=clean_env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert leftovers(output_folder) == []
+
+
+def test_fp16_weights_are_half_the_size_and_load_back_to_fp32(
+    real_trained_checkpoint, fp32_model, validation_images, tmp_path, clean_env
+):
+    output = tmp_path / "fp16"
+    result = run(
+        "convert_weights.py",
+        "--model",
+        real_trained_checkpoint,
+        "--output_dir",
+        output,
+        "--dtype",
+        "fp16",
+        env=clean_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max relative logit difference" in result.stdout
+    fp32_bytes = (real_trained_checkpoint / "model.safetensors").stat().st_size
+    ratio = (output / "model.safetensors").stat().st_size / fp32_bytes
+    assert 0.49 < ratio < 0.51, ratio
+    assert json.loads((output / "config.json").read_text())["dtype"] == "float16"
+    with safe_open(output / "model.safetensors", framework="pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
+    assert (output / "preprocessor_config.json").is_file()
+
+    half = load_predictor(output)
+    assert next(half.model.parameters()).dtype == torch.float32  # computed in fp32 on the CPU
+    full = TorchPredictor(fp32_model)
+    pixel_values = full.normalize(validation_images[:8])
+    assert relative_error(half(pixel_values), full(pixel_values)) < 1e-2
+    assert (class_maps(half, validation_images[:8]) == class_maps(full, validation_images[:8])).mean() > 0.99
+
+
+def test_bf16_weights_round_trip(fp32_model, validation_images, tmp_path):
+    output = save_half_precision(fp32_model, tmp_path / "bf16", "bf16")
+    assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
+    half = load_predictor(output)
+    assert next(half.model.parameters()).dtype == torch.float32
+    pixel_values = half.normalize(validation_images[:8])
+    # bf16 keeps 8 bits of mantissa against fp16's 11: looser, still far from flipping confident pixels.
+    assert relative_error(half(pixel_values), TorchPredictor(fp32_model)(pixel_values)) < 5e-2
+
+
+def test_half_precision_errors(fp32_model, tmp_path, clean_env, real_trained_checkpoint):
+    with pytest.raises(WeightConversionError, match=r"--dtype 'fp8': expected one of fp16, bf16"):
+        save_half_precision(fp32_model, tmp_path / "x", "fp8")
+    huge = type(fp32_model)(fp32_model.config)
+    with torch.no_grad():
+        huge.decode_head.classifier.weight[0, 0] = 1e6
+    with pytest.raises(WeightConversionError, match=r"decode_head\.classifier\.weight: largest \|value\| 1e\+06"):
+        save_half_precision(huge, tmp_path / "huge", "fp16")
+    assert leftovers(tmp_path) == []
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    result = run(
+        "convert_weights.py", "--model", real_trained_checkpoint, "--output_dir", tmp_path / "taken", env=clean_env
+    )
+    assert result.returncode == 2 and "exists and is not empty (pass --overwrite)" in result.stderr
+    assert leftovers(tmp_path / "taken") == ["keep.txt"]
+
+
+def benchmark_settings(paths):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the benchmark library sits beside its entry points
+    from lale_bench import BenchmarkSettings
+
+    return BenchmarkSettings(
+        models=("lale-tiny",),
+        paths=paths,
+        image_size=64,
+        inference_batch_sizes=(2,),
+        train_batch_size=2,
+        rounds=1,
+        warmup_calls=0,
+        min_seconds=0,
+        matmul_sizes=(32,),
+    )
+
+
+def test_benchmark_int8_path_is_checked_by_class_map_agreement(tmp_path):
+    settings = benchmark_settings(("eager", "onnxruntime-int8"))
+    from lale_bench import run_benchmark
+    from lale_bench.paths import CLASS_MAP_AGREEMENT
+
+    run = run_benchmark(settings, log=lambda message: None)
+    (record,) = [r for r in run["measurements"] if r["path"] == "onnxruntime-int8"]
+    assert record["status"] == "ok" and "samples" in record
+    assert record["class_map_agreement"] >= CLASS_MAP_AGREEMENT["onnxruntime-int8"]
+    # Far beyond the fp32 tolerance: the logit check would have refused it.
+    assert record["max_relative_error"] > 1e-3
+
+
+def test_benchmark_int8_path_with_another_class_map_is_not_timed(monkeypatch):
+    settings = benchmark_settings(("eager", "onnxruntime-int8"))
+    import lale_bench.run
+
+    original = lale_bench.run.prepare_path
+
+    def rolled(path, *args):
+        runner = original("eager", *args)
+        if path == "onnxruntime-int8":
+            return lambda x: runner(x).roll(1, dims=1)  # every pixel's class moves to the next index
+        return runner
+
+    monkeypatch.setattr(lale_bench.run, "prepare_path", rolled)
+    run = lale_bench.run.run_benchmark(settings, log=lambda message: None)
+    (record,) = [r for r in run["measurements"] if r["path"] == "onnxruntime-int8"]
+    assert record["status"] == "mismatch" and "class maps agree under 90%" in record["detail"]
+    assert "samples" not in record
