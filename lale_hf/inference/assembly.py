@@ -62,7 +62,8 @@ def write_vrt(
             for key, value in metadata["classes"].items():
                 ET.SubElement(band_metadata, "MDI", key=f"CLASS_{key}").text = value
         else:
-            ET.SubElement(element, "ColorInterp").text = "Gray"
+            # What a TIFF can store (band 1 grey, the others extra samples); anything else would go to an .aux.xml.
+            ET.SubElement(element, "ColorInterp").text = "Gray" if band == 1 else "Undefined"
         for name, row0, rows in blocks:
             source = ET.SubElement(element, "SimpleSource")
             ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = name

@@ -25,12 +25,38 @@ from .scaling import Scaling
 from .sources import NODATA_CLASS, open_source
 from .statistics import AreaStatistics, statistics_csv
 from .tiling import iter_label_rows, plan_tiles
+from .vectorize import vectorize_class_raster
 from .visualization import colorize_with_legend, palette_for_labels
 from .writers import GeoTiffWriter, PngWriter, Preview, StagedFiles
 
 
 def block_suffix(plan) -> str:
     return ".tif" if plan.georeferenced else ".npy"
+
+
+# Map products beside the class map: uint8 rasters from the softmax of the blended, upsampled logits.
+CONFIDENCE_DESCRIPTION = "top-class probability x 255 (softmax maximum of the blended logits; 0 = no data)"
+
+
+def product_layers(settings) -> list[str]:
+    """The rasters each block writes besides its classes: what the outputs and --vectorize (mean confidence) need."""
+    layers = []
+    if settings.save_confidence or settings.vectorize:
+        layers.append("confidence")
+    if settings.save_probabilities:
+        layers.append("probabilities")
+    return layers
+
+
+def layer_descriptions(layer: str, id2label: dict) -> list[str]:
+    if layer == "confidence":
+        return [CONFIDENCE_DESCRIPTION]
+    return [f"probability of {label} x 255" for _, label in sorted(id2label.items())]
+
+
+def to_uint8(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as 0-255, rounded to nearest: each band within 0.5/255 of the probability."""
+    return np.rint(probabilities * np.float32(255)).astype(np.uint8)
 
 
 def predict_blocks(
@@ -87,40 +113,78 @@ def _predict_block(item, plan, source, scaling, metadata, predictor, settings, r
     crs = source.crs if plan.georeferenced else None
     statistics = AreaStatistics(predictor.id2label, plan.height, plan.width, crs, source.transform)
     preview = Preview(plan.height, plan.width, settings.preview_size)
+    layers = product_layers(settings)
     rows = iter_label_rows(
-        source, predictor, plan.bands, scaling, grid, settings.batch_size, progress=False, rows=(item.row0, item.row1)
-    )
-    data_path = run_folder.data_path(item, block_suffix(plan))
-    preview_path = run_folder.preview_path(item)
+        source, predictor, plan.bands, scaling, grid, settings.batch_size, progress=False,
+        rows=(item.row0, item.row1), probabilities=bool(layers),
+    )  # fmt: skip
+    height = item.row1 - item.row0
+    transform = block_transform(source.transform, item.row0) if plan.georeferenced else None
+    tiles = settings.output_layout == "tiles"
+    files = {"classes": run_folder.data_path(item, block_suffix(plan))}
+    files.update({layer: run_folder.data_path(item, f".{layer}.tif") for layer in layers})
     with StagedFiles() as staged:
+        # Block GeoTIFFs are written to a raw file first when each block must end up a COG (tiles layout).
+        raw = {name: path.with_suffix(".raw.tif") if tiles else staged.stage(path) for name, path in files.items()}
         if plan.georeferenced:
-            transform = block_transform(source.transform, item.row0)
-            height = item.row1 - item.row0
-            raw = staged.stage(data_path) if settings.output_layout == "cog" else data_path.with_suffix(".raw.tif")
-            writer = GeoTiffWriter(raw, height, plan.width, crs, transform, metadata, palette=palette)
-            try:
-                for row, labels in rows:
-                    writer.write(row - item.row0, labels)
-                    statistics.update(row, labels)
-                    preview.update(row, labels)
-            finally:
-                writer.close()
-            if settings.output_layout == "tiles":
-                try:
-                    copy_to_cog(raw, staged.stage(data_path))
-                finally:
-                    raw.unlink(missing_ok=True)
+            writers = {"classes": GeoTiffWriter(raw["classes"], height, plan.width, crs, transform, metadata, palette)}
         else:
-            block = np.empty((item.row1 - item.row0, plan.width), dtype=np.uint8)
-            for row, labels in rows:
-                block[row - item.row0 : row - item.row0 + labels.shape[0]] = labels
+            raw["classes"] = staged.stage(files["classes"])
+            writers = {"classes": _ArrayWriter(raw["classes"], height, plan.width)}
+        for layer in layers:
+            nodata = 0 if layer == "confidence" else None
+            descriptions = layer_descriptions(layer, predictor.id2label)
+            writers[layer] = GeoTiffWriter(
+                raw[layer], height, plan.width, crs, transform, metadata, descriptions=descriptions, nodata=nodata
+            )
+        try:
+            for row, labels, *probabilities in rows:
+                writers["classes"].write(row - item.row0, labels)
                 statistics.update(row, labels)
                 preview.update(row, labels)
-            with open(staged.stage(data_path), "wb") as handle:
-                np.save(handle, block)
+                if probabilities:
+                    _write_products(writers, row - item.row0, labels, probabilities[0])
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if tiles:
+            for name, path in files.items():
+                if name != "classes" or plan.georeferenced:
+                    try:
+                        copy_to_cog(raw[name], staged.stage(path))
+                    finally:
+                        raw[name].unlink(missing_ok=True)
+        preview_path = run_folder.preview_path(item)
         with open(staged.stage(preview_path), "wb") as handle:
             np.save(handle, preview.rows_of(item.row0, item.row1))
-    run_folder.mark_done(item, [data_path, preview_path], statistics.counts, statistics.areas_m2, {})
+    run_folder.mark_done(item, [*files.values(), preview_path], statistics.counts, statistics.areas_m2, {})
+
+
+def _write_products(writers: dict, row: int, labels: np.ndarray, probabilities: np.ndarray):
+    no_data = labels == NODATA_CLASS
+    if "confidence" in writers:
+        confidence = to_uint8(probabilities.max(axis=0))
+        confidence[no_data] = 0
+        writers["confidence"].write(row, confidence)
+    if "probabilities" in writers:
+        bands = to_uint8(probabilities)
+        bands[:, no_data] = 0
+        writers["probabilities"].write(row, bands)
+
+
+class _ArrayWriter:
+    """The class rows of a block of an input without CRS, saved as .npy (joined into the PNG class map)."""
+
+    def __init__(self, path: Path, height: int, width: int):
+        self.path = path
+        self.rows = np.empty((height, width), dtype=np.uint8)
+
+    def write(self, row: int, labels: np.ndarray):
+        self.rows[row : row + labels.shape[0]] = labels
+
+    def close(self):
+        with open(self.path, "wb") as handle:
+            np.save(handle, self.rows)
 
 
 def assemble_input(
@@ -141,23 +205,55 @@ def assemble_input(
         raise InferenceError(f"{plan.name}: no valid pixel in bands {list(plan.bands)}; nothing to predict.")
     palette = palette_for_labels(predictor.id2label)
     outputs = plan.outputs
+    products = {}
     with StagedFiles() as staged:
-        if plan.georeferenced:
-            names = [(run_folder.data_path(item, ".tif").name, item.row0, item.row1 - item.row0) for item in items]
-            if settings.output_layout == "tiles":
-                _publish_tiles(outputs, run_folder, names, plan, source, metadata, palette, staged)
+        layer_files = {}
+        for layer in ["classes", *product_layers(settings)]:
+            if layer == "classes" and not plan.georeferenced:
+                writer = PngWriter(staged.stage(outputs["classes"]), plan.height, plan.width, metadata)
+                for item in items:
+                    writer.write(item.row0, np.load(run_folder.data_path(item, ".npy")))
+                writer.close()
+                continue
+            suffix = ".tif" if layer == "classes" else f".{layer}.tif"
+            blocks = [(run_folder.data_path(item, suffix).name, item.row0, item.row1 - item.row0) for item in items]
+            layout = {
+                "palette": palette if layer == "classes" else None,
+                "descriptions": None if layer == "classes" else layer_descriptions(layer, predictor.id2label),
+                "nodata": {"classes": NODATA_CLASS, "confidence": 0}.get(layer),
+            }
+            if layer not in outputs:  # computed for --vectorize only: a VRT in the run folder is enough
+                layer_files[layer] = run_folder.root / f"input-{items[0].input_index:05d}.{layer}.vrt"
+                blocks = [(f"blocks/{name}", row0, rows) for name, row0, rows in blocks]
+                write_vrt(layer_files[layer], blocks, plan.width, plan.height, source.crs, source.transform,
+                          metadata, **layout)  # fmt: skip
+            elif settings.output_layout == "tiles":
+                layer_files[layer] = _publish_tiles(layer, outputs, run_folder, blocks, plan, source, metadata, layout,
+                                                    staged)  # fmt: skip
             else:
-                vrt = run_folder.root / f"input-{items[0].input_index:05d}.vrt"
-                names = [(f"blocks/{name}", row0, rows) for name, row0, rows in names]
-                write_vrt(vrt, names, plan.width, plan.height, source.crs, source.transform, metadata, palette)
-                copy_to_cog(vrt, staged.stage(outputs["classes"]))
-        else:
-            writer = PngWriter(staged.stage(outputs["classes"]), plan.height, plan.width, metadata)
-            for item in items:
-                writer.write(item.row0, np.load(run_folder.data_path(item, ".npy")))
-            writer.close()
+                vrt = run_folder.root / f"input-{items[0].input_index:05d}.{layer}.vrt"
+                blocks = [(f"blocks/{name}", row0, rows) for name, row0, rows in blocks]
+                write_vrt(vrt, blocks, plan.width, plan.height, source.crs, source.transform, metadata, **layout)
+                layer_files[layer] = staged.stage(outputs[layer])
+                copy_to_cog(vrt, layer_files[layer])
+            if layer in outputs and layer != "classes":
+                products[layer] = {"path": Path(outputs[layer]).name, "bands": layout["descriptions"]}
+        if settings.vectorize:
+            polygons = run_folder.root / f"input-{items[0].input_index:05d}.gpkg"
+            summary = _deterministic_geopackage(
+                vectorize_class_raster,
+                layer_files["classes"],
+                polygons,
+                confidence_raster=layer_files["confidence"],
+                id2label=predictor.id2label,
+                min_mapping_unit=settings.min_mapping_unit,
+                simplify_tolerance=settings.simplify_tolerance,
+                overwrite=True,
+            )
+            os.replace(polygons, staged.stage(outputs["polygons"]))
+            products["polygons"] = {**summary, "path": outputs["polygons"].name}
         preview = np.concatenate([np.load(run_folder.preview_path(item)) for item in items])
-        stats = {**statistics.to_dict(), "prediction": metadata}
+        stats = {**statistics.to_dict(), "prediction": metadata, "products": products}
         annotations = {entry["id"]: f"{entry['percent']:.1f} %" for entry in stats["classes"]}
         title = f"{plan.name} ({plan.width}x{plan.height} px)"
         figure = colorize_with_legend(preview, predictor.id2label, palette, annotations=annotations, title=title)
@@ -167,21 +263,35 @@ def assemble_input(
     return {**stats, "outputs": {key: str(value) for key, value in outputs.items()}}
 
 
-def _publish_tiles(outputs, run_folder, names, plan, source, metadata, palette, staged):
-    """The block COGs are linked into `<stem>_classes/` (published whole) and a VRT over them is the class map."""
-    folder = Path(outputs["classes_tiles"])
+def _publish_tiles(layer, outputs, run_folder, blocks, plan, source, metadata, layout, staged) -> Path:
+    """The block COGs are linked into `<stem>_<layer>/` (published whole) and a VRT over them becomes the output."""
+    folder = Path(outputs[f"{layer}_tiles"])
     staging = folder.with_name(f".{folder.name}.staging-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
-        for name, row0, rows in names:
+        for name, row0, rows in blocks:
             _link_or_copy(run_folder.blocks / name, staging / _tile_name(row0, rows))
         replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    tiles = [(f"{folder.name}/{_tile_name(row0, rows)}", row0, rows) for _, row0, rows in names]
-    vrt = staged.stage(outputs["classes"])
-    write_vrt(vrt, tiles, plan.width, plan.height, source.crs, source.transform, metadata, palette)
+    tiles = [(f"{folder.name}/{_tile_name(row0, rows)}", row0, rows) for _, row0, rows in blocks]
+    vrt = staged.stage(outputs[layer])
+    write_vrt(vrt, tiles, plan.width, plan.height, source.crs, source.transform, metadata, **layout)
+    return vrt
+
+
+def _deterministic_geopackage(function, *args, **kwargs):
+    """Runs `function` with GDAL's GeoPackage timestamp fixed, so that the same polygons give the same bytes
+    whatever the run (pyogrio's own GDAL; the option is put back afterwards)."""
+    import pyogrio
+
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
+    try:
+        return function(*args, **kwargs)
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
 
 
 def _tile_name(row0: int, rows: int) -> str:

@@ -30,6 +30,8 @@ from .scaling import (
 )
 from .sources import NODATA_CLASS, ImageSource, expand_inputs, open_source, parse_bands, resolve_bands
 from .tiling import check_tiling, iter_label_rows, plan_tiles, split_rows
+from .tta import TTA_MODES, TestTimeAugmentation
+from .vectorize import VectorizeSettings
 from .visualization import palette_for_labels
 from .writers import output_paths
 
@@ -78,6 +80,18 @@ class PredictionSettings:
     output_layout: str = "cog"
     resume: bool = False
     dtype: str = "fp32"
+    save_confidence: bool = False
+    save_probabilities: bool = False
+    tta: str = "none"
+    vectorize: bool = False
+    min_mapping_unit: int = 0
+    simplify_tolerance: float = 0.0
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """The map products asked for besides the class map, as `output_paths` names them."""
+        chosen = (self.save_confidence, self.save_probabilities, self.vectorize)
+        return tuple(name for name, wanted in zip(("confidence", "probabilities", "polygons"), chosen) if wanted)
 
     def __post_init__(self):
         if self.bands is not None:
@@ -96,6 +110,9 @@ class PredictionSettings:
             )
         if self.dtype not in PREDICTION_DTYPES:
             raise InferenceError(f"--dtype {self.dtype!r}: expected one of {', '.join(PREDICTION_DTYPES)}.")
+        if self.tta not in TTA_MODES:
+            raise InferenceError(f"--tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}.")
+        VectorizeSettings(self.min_mapping_unit, float(self.simplify_tolerance)).check()
 
 
 @dataclass(frozen=True)
@@ -124,8 +141,14 @@ def plan_input(
         band_indexes = resolve_bands(source, settings.bands)
         method = check_scaling(source, settings.scaling, settings.offset)
         plan_tiles(source.height, source.width, settings.tile_size, settings.overlap)
-        outputs = output_paths(path, output_dir, source.georeferenced, settings.output_layout)
+        outputs = output_paths(path, output_dir, source.georeferenced, settings.output_layout, settings.products)
         size = (source.height, source.width, source.georeferenced)
+        if settings.vectorize and (source.crs is None or not source.crs.is_projected):
+            found = "no CRS" if source.crs is None else f"the geographic CRS {source.crs.to_string()}"
+            raise InferenceError(
+                f"{source.name}: --vectorize needs a projected CRS (areas in m²), and the input has {found}; "
+                "reproject it first (e.g. gdalwarp -t_srs EPSG:326XX) or leave out --vectorize."
+            )
     finally:
         source.close()
     if check_existing and not settings.overwrite:
@@ -160,6 +183,7 @@ def prediction_metadata(plan: InputPlan, source, predictor: Predictor, scaling: 
         "num_tiles": grid.num_tiles,
         "blending": BLENDING,
         "dtype": settings.dtype,
+        "tta": settings.tta,
         "classes": {str(index): label for index, label in sorted(predictor.id2label.items())},
         "palette": [list(map(int, color)) for color in palette],
         "nodata_class": NODATA_CLASS,
@@ -186,7 +210,12 @@ def _run_description(plans: list[InputPlan], predictor: Predictor, settings: Pre
         "dtype": settings.dtype,
         "output_layout": settings.output_layout,
         "preview_size": settings.preview_size,
-        "products": {},
+        "products": {
+            "tta": settings.tta,
+            "confidence": settings.save_confidence,
+            "probabilities": settings.save_probabilities,
+            "vectorize": [settings.min_mapping_unit, settings.simplify_tolerance] if settings.vectorize else None,
+        },
     }
 
 
@@ -253,6 +282,12 @@ def predict_paths(
     resume: bool = False,
     dtype: str = "fp32",
     mosaic: str | None = None,
+    save_confidence: bool = False,
+    save_probabilities: bool = False,
+    tta: str = "none",
+    vectorize: bool = False,
+    min_mapping_unit: int = 0,
+    simplify_tolerance: float = 0.0,
 ) -> list[dict]:
     """`predict_file` over files, URLs and folders, in one process or across the processes of `accelerate launch`.
 
@@ -262,10 +297,17 @@ def predict_paths(
     predict all inputs as one raster of that name (they must share CRS and pixel grid). `trust_remote_code`,
     `num_threads` (ONNX Runtime threads) and `torch_compile` go to `load_predictor`. Returns each input's
     statistics on the main process, and an empty list on the others.
+
+    Map products (all COGs, or a GeoPackage, in the input's CRS): `save_confidence` (`<stem>_confidence.tif`, the
+    top-class probability x 255 from the blended logits), `save_probabilities` (one band per class, x 255, named
+    by class), `tta` ("none", "flip" or "d4": logits averaged over flipped/rotated copies before blending; see
+    `TestTimeAugmentation`), `vectorize` (`<stem>_polygons.gpkg`, see `vectorize_class_raster`, with
+    `min_mapping_unit` pixels and `simplify_tolerance` map units).
     """
     settings = PredictionSettings(
         bands, scaling, tile_size, overlap, batch_size, preview_size, overwrite, progress, offset, block_rows,
-        output_layout, resume, dtype,
+        output_layout, resume, dtype, save_confidence, save_probabilities, tta, vectorize, min_mapping_unit,
+        simplify_tolerance,
     )  # fmt: skip
     group = ProcessGroup()
     threads = group.share_cpu_threads()
@@ -288,6 +330,8 @@ def predict_paths(
             device=group.device if group.count > 1 else None,
             dtype=settings.dtype,
         )
+        if settings.tta != "none":
+            predictor = TestTimeAugmentation(predictor, settings.tta)
         description = _run_description(plans, predictor, settings, mosaic_input)
         try:
             return _run_blocks(group, run_folder, plans, predictor, settings, description)

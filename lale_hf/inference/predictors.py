@@ -221,6 +221,8 @@ def model_fingerprint(predictor: Predictor) -> str:
     """SHA-256 of the model's weights (PyTorch) or file (ONNX): a resumed run must use the same model."""
     import hashlib
 
+    while hasattr(predictor, "predictor"):  # a wrapper such as TestTimeAugmentation: the model is inside
+        predictor = predictor.predictor
     digest = hashlib.sha256()
     if isinstance(predictor, OnnxPredictor):
         with open(predictor.name, "rb") as handle:

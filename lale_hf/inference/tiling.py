@@ -188,7 +188,28 @@ def _batches(
 
 
 def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int) -> np.ndarray:
-    """Class indices of output rows [row0, row1) from blended logits whose first row is logit row `first_row`.
+    """Class indices of output rows [row0, row1) from blended logits whose first row is logit row `first_row`."""
+    labels = np.empty((row1 - row0, grid.width), dtype=np.uint8)
+    for col0, col1, crop in _upsampled_chunks(logits, first_row, grid, row0, row1):
+        labels[:, col0:col1] = _argmax(crop)
+    return labels
+
+
+def _upsample_to_probabilities(
+    logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and class probabilities (softmax of the upsampled blended logits, float32 (classes, rows,
+    width)) of output rows [row0, row1)."""
+    labels = np.empty((row1 - row0, grid.width), dtype=np.uint8)
+    probabilities = np.empty((logits.shape[0], row1 - row0, grid.width), dtype=np.float32)
+    for col0, col1, crop in _upsampled_chunks(logits, first_row, grid, row0, row1):
+        labels[:, col0:col1] = _argmax(crop)
+        probabilities[:, :, col0:col1] = torch.softmax(crop, dim=0).numpy()
+    return labels, probabilities
+
+
+def _upsampled_chunks(logits: torch.Tensor, first_row: int, grid: TileGrid, row0: int, row1: int):
+    """Full-resolution logits of output rows [row0, row1), as (col0, col1, (classes, rows, col1 - col0)) chunks.
 
     Bilinear upsampling by exactly 4 is shift-invariant, so upsampling blocks with a one-cell halo gives the same
     values as upsampling the whole scene at once; column chunks keep the full-resolution buffer small.
@@ -197,14 +218,14 @@ def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, ro
         upsampled = torch.nn.functional.interpolate(
             logits[None], size=(grid.height, grid.width), mode="bilinear", align_corners=False
         )[0]
-        return _argmax(upsampled[:, row0:row1])
+        yield 0, grid.width, upsampled[:, row0:row1]
+        return
     cells_high, cells_wide = grid.padded_height // OUTPUT_STRIDE, grid.padded_width // OUTPUT_STRIDE
     top = max(row0 // OUTPUT_STRIDE - 1, 0)
     bottom = min((row1 - 1) // OUTPUT_STRIDE + 2, cells_high)
     # Only the last two upsampled rows of a block see its lower edge, and they lie below row1.
     bottom = min(bottom, first_row + logits.shape[1])
     rows = logits[:, top - first_row : bottom - first_row]
-    labels = np.empty((row1 - row0, grid.width), dtype=np.uint8)
     for col0 in range(0, grid.width, UPSAMPLE_CHUNK):
         col1 = min(col0 + UPSAMPLE_CHUNK, grid.width)
         left = max(col0 // OUTPUT_STRIDE - 1, 0)
@@ -217,8 +238,7 @@ def _upsample_to_labels(logits: torch.Tensor, first_row: int, grid: TileGrid, ro
             row0 - top * OUTPUT_STRIDE : row1 - top * OUTPUT_STRIDE,
             col0 - left * OUTPUT_STRIDE : col1 - left * OUTPUT_STRIDE,
         ]
-        labels[:, col0:col1] = _argmax(crop)
-    return labels
+        yield col0, col1, crop
 
 
 def _argmax(logits: torch.Tensor) -> np.ndarray:
@@ -250,7 +270,8 @@ def iter_label_rows(
     batch_size: int = 8,
     progress: bool = True,
     rows: tuple[int, int] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+    probabilities: bool = False,
+) -> Iterator[tuple]:
     """Predicts a scene tile by tile and yields `(first_row, class rows)` top to bottom, each row exactly once.
 
     Logits of overlapping tiles are averaged with `blend_weights` at 1/4 resolution in a buffer one tile high;
@@ -259,6 +280,9 @@ def iter_label_rows(
     `rows=(row0, row1)` predicts only those output rows, from the tile rows `block_tile_rows` names (the block and
     a halo); they equal, bit for bit, the same rows of a whole-scene run. A block does not check that the scene
     holds a valid pixel: its caller does, over all blocks.
+
+    `probabilities=True` yields `(first_row, class rows, probabilities)`: the softmax of the same upsampled
+    blended logits the classes come from, float32 (classes, rows, width), so they have no seams either.
     """
     if batch_size < 1:
         raise InferenceError(f"--batch_size {batch_size}: expected a positive integer.")
@@ -292,10 +316,13 @@ def iter_label_rows(
         # An output row needs the logit row below it, which must be final too.
         limit = row1 if done else min(row1, upto_cell * OUTPUT_STRIDE - 2)
         if limit > emitted:
-            labels = _upsample_to_labels(ready, ready_row, grid, emitted, limit)
+            if probabilities:
+                labels, probs = _upsample_to_probabilities(ready, ready_row, grid, emitted, limit)
+            else:
+                labels = _upsample_to_labels(ready, ready_row, grid, emitted, limit)
             if masked:
                 valid_pixels += _mask_nodata(source, bands, nodata, labels, emitted)
-            yield emitted, labels
+            yield (emitted, labels, probs) if probabilities else (emitted, labels)
             emitted = limit
             keep_from = max(emitted // OUTPUT_STRIDE - 1, 0)
             ready, ready_row = ready[:, keep_from - ready_row :], keep_from

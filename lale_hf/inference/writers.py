@@ -134,12 +134,17 @@ class Preview:
 
 
 def output_paths(
-    input_path: str | os.PathLike, output_dir: str | os.PathLike, georeferenced: bool, layout: str = "cog"
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    georeferenced: bool,
+    layout: str = "cog",
+    products: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """Where the outputs of one input go: `<stem>_classes.tif|png`, `_color.png`, `_stats.json`, `_stats.csv`.
 
-    With `layout="tiles"` (georeferenced input) the class map is `<stem>_classes.vrt` over the block COGs in the
-    folder `<stem>_classes/` ("classes_tiles").
+    `products` adds "confidence" (`<stem>_confidence.tif`), "probabilities" and "polygons" (`<stem>_polygons.gpkg`).
+    With `layout="tiles"` each raster (the class map when georeferenced) is `<stem>_<layer>.vrt` over the block COGs
+    in the folder `<stem>_<layer>/` ("<layer>_tiles").
     """
     stem = getattr(input_path, "stem", None) or Path(str(input_path)).stem
     output_dir = Path(output_dir)
@@ -149,9 +154,13 @@ def output_paths(
         "stats_json": output_dir / f"{stem}_stats.json",
         "stats_csv": output_dir / f"{stem}_stats.csv",
     }
-    if georeferenced and layout == "tiles":
-        paths["classes"] = output_dir / f"{stem}_classes.vrt"
-        paths["classes_tiles"] = output_dir / f"{stem}_classes"
+    for product in products:
+        paths[product] = output_dir / (f"{stem}_polygons.gpkg" if product == "polygons" else f"{stem}_{product}.tif")
+    if layout == "tiles":
+        for layer in ("classes", "confidence", "probabilities"):
+            if layer in paths and (georeferenced or layer != "classes"):
+                paths[layer] = output_dir / f"{stem}_{layer}.vrt"
+                paths[f"{layer}_tiles"] = output_dir / f"{stem}_{layer}"
     return paths
 
 
