@@ -204,21 +204,24 @@ def test_api_gives_the_area_table_of_predict_paths(client, s2glc_sample, tiny_ch
     assert "area (km²)" not in table["headers"]  # a PNG is not georeferenced
     assert Image.open(map_image).size == (256, 256)
     assert legend.count('class="legend-row"') == 7
-    names = sorted(Path(path).name for path in downloads)
-    assert names == sorted(f"s2glc_00250_{kind}" for kind in ("classes.png", "color.png", "stats.csv", "stats.json"))
+    kinds = ["classes.png", "color.png", "stats.csv", "stats.json"]
+    if "save_confidence" in load_space_module("app").EXTRA_OUTPUT_OPTIONS:
+        kinds.append("confidence.tif")
+    assert sorted(Path(path).name for path in downloads) == sorted(f"s2glc_00250_{kind}" for kind in kinds)
     stats = json.loads(next(Path(p) for p in downloads if p.endswith("_stats.json")).read_text())
     assert {c["label"]: round(c["percent"], 2) for c in stats["classes"]} == table_shares(table)
 
 
 @pytest.mark.slow
 def test_api_test_time_augmentation(client, s2glc_sample, tiny_checkpoint, tmp_path):
-    from lale_hf.inference import TestTimeAugmentation, load_predictor
-
+    if not load_space_module("app").HAS_TTA:
+        pytest.skip("predict_paths has no tta option")
     patch = real_patch(s2glc_sample)
-    _map, _legend, table, _chart, _downloads, status = call_segment(client, patch, tta="flip")
+    _map, _legend, table, _chart, downloads, status = call_segment(client, patch, tta="flip")
     assert "TTA flip; predicted in" in status, status
-    with_tta = TestTimeAugmentation(load_predictor(tiny_checkpoint), "flip")
-    assert_shares_match(table_shares(table), expected_shares(patch, with_tta, tmp_path))
+    assert_shares_match(table_shares(table), expected_shares(patch, tiny_checkpoint, tmp_path, tta="flip"))
+    stats = json.loads(next(Path(p) for p in downloads if p.endswith("_stats.json")).read_text())
+    assert stats["prediction"]["tta"] == "flip"
 
 
 @pytest.mark.slow
@@ -228,7 +231,13 @@ def test_api_georeferenced_scene_has_km2(client, tmp_path):
     assert "bands 3,2,1, scaling patch_max_median" in status
     km2 = [row[table["headers"].index("area (km²)")] for row in table["data"]]
     assert sum(km2) == pytest.approx(256 * 256 * 100 / 1e6, rel=1e-3)  # 10 m pixels
-    assert any(path.endswith("_classes.tif") for path in downloads)
+    names = {Path(path).name for path in downloads}
+    assert "scene-BGRN_classes.tif" in names
+    app = load_space_module("app")
+    if app.CAN_VECTORIZE:  # a projected CRS: the class polygons come as a GeoPackage
+        assert "scene-BGRN_polygons.gpkg" in names
+    if "save_confidence" in app.EXTRA_OUTPUT_OPTIONS:
+        assert "scene-BGRN_confidence.tif" in names
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lale_hf.inference import SCALING_METHODS, InferenceError, load_predictor, predict_paths
+from lale_hf.inference import SCALING_METHODS, TTA_MODES, InferenceError, load_predictor, predict_paths
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this file, however it is run
@@ -52,12 +52,7 @@ DEFAULT_OPACITY = 0.6
 PREDICT_PARAMETERS = set(inspect.signature(predict_paths).parameters)
 # Options of `predict_paths` the page uses when the installed package has them: the visitor's TTA choice, and
 # extra downloads (a confidence raster, a GeoPackage of class polygons). One line each.
-PREDICT_TAKES_TTA = "tta" in PREDICT_PARAMETERS
-try:  # without a `tta` option, the package's TTA predictor wraps the model
-    from lale_hf.inference import TTA_MODES, TestTimeAugmentation
-except ImportError:
-    TTA_MODES, TestTimeAugmentation = ("none",), None
-HAS_TTA = PREDICT_TAKES_TTA or TestTimeAugmentation is not None
+HAS_TTA = "tta" in PREDICT_PARAMETERS
 TTA_PASSES = {"flip": 4, "d4": 8}  # model passes per tile
 TTA_CHOICES = [(f"{mode} ({TTA_PASSES[mode]}x slower)" if mode in TTA_PASSES else mode, mode) for mode in TTA_MODES]
 EXTRA_OUTPUT_OPTIONS = {name: True for name in ("save_confidence",) if name in PREDICT_PARAMETERS}
@@ -127,18 +122,16 @@ class SegmentationPage:
         progress(0.0, desc="Checking the upload")
         try:
             info = check_upload(upload, self.max_megapixels)
-            options, model, tta = dict(EXTRA_OUTPUT_OPTIONS), self.predictor, str(tta or "none")
+            options, tta = dict(EXTRA_OUTPUT_OPTIONS), str(tta or "none")
+            if HAS_TTA:
+                options["tta"] = tta
             if CAN_VECTORIZE and info.projected:
                 options["vectorize"] = True
-            if PREDICT_TAKES_TTA:
-                options["tta"] = tta
-            elif tta != "none":
-                model = TestTimeAugmentation(self.predictor, tta) if TestTimeAugmentation else model
             output_dir = new_request_folder(self.output_root)
             started = time.perf_counter()
             [stats] = predict_paths(
                 [upload],
-                model,
+                self.predictor,
                 output_dir,
                 bands=band_choice(bands),
                 scaling=scaling_choice(scaling),
