@@ -7,6 +7,7 @@ For each input, writes to --output_dir:
   <name>_color.png     colourised preview with a legend (at most --preview_size pixels on its long side)
   <name>_stats.json    per-class pixels, percent and km² (georeferenced), plus every setting used
   <name>_stats.csv     the same table as CSV
+and, when asked for, <name>_confidence.tif, <name>_probabilities.tif (COGs) and <name>_polygons.gpkg.
 
 Examples:
   python scripts/predict.py --model org/lale-tiny --output_dir out patch.png
@@ -97,6 +98,33 @@ def parse_args():
         help="cog: one Cloud-Optimized GeoTIFF per input; tiles: a VRT over one COG per block.",
     )
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on CUDA GPUs.")
+    products = parser.add_argument_group("map products (COGs, or a GeoPackage, in the input's CRS)")
+    products.add_argument(
+        "--save_confidence",
+        action="store_true",
+        help="<name>_confidence.tif: top-class probability x 255 from the blended logits (seamless; 0 = no data).",
+    )
+    products.add_argument(
+        "--save_probabilities", action="store_true", help="<name>_probabilities.tif: one band per class, x 255."
+    )
+    products.add_argument(
+        "--tta",
+        choices=("none", "flip", "d4"),
+        default="none",
+        help="Average logits over 4 flips (flip) or the 8 flips and rotations (d4) before blending; see the README "
+        "for what it buys on real data and what it costs.",
+    )
+    products.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="<name>_polygons.gpkg: a polygon per region, with class, area in m² and mean confidence (projected CRS).",
+    )
+    products.add_argument(
+        "--min_mapping_unit", type=int, default=0, help="--vectorize: merge regions under this many pixels first."
+    )
+    products.add_argument(
+        "--simplify_tolerance", type=float, default=0.0, help="--vectorize: simplify edges, in map units (0: none)."
+    )
     parser.add_argument("--resume", action="store_true", help="Finish an interrupted run in --output_dir.")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing outputs.")
     parser.add_argument("--trust_remote_code", action="store_true")
@@ -130,6 +158,12 @@ def main():
             resume=args.resume,
             dtype=args.dtype,
             mosaic=args.mosaic,
+            save_confidence=args.save_confidence,
+            save_probabilities=args.save_probabilities,
+            tta=args.tta,
+            vectorize=args.vectorize,
+            min_mapping_unit=args.min_mapping_unit,
+            simplify_tolerance=args.simplify_tolerance,
         )
     except (InferenceError, OSError, ImportError) as error:
         end_processes()

@@ -114,9 +114,10 @@ def assert_valid_cog(path: Path, crs, transform):
 
 @pytest.mark.slow
 def test_one_and_two_processes_write_the_same_bytes(real_scenes, lale_tiny_checkpoint, tmp_path, clean_env):
-    """A mosaic of real patches (4 blocks) and a folder of three rasters (1, 1 and 5 blocks): byte-identical class
-    COGs, previews and statistics from 1 and 2 processes."""
-    extra = ["--block_rows", "1"]
+    """A mosaic of real patches (4 blocks) and a folder of three rasters (1, 1 and 5 blocks), with flip TTA and
+    every map product: byte-identical class, confidence and probability COGs, GeoPackages, previews and statistics
+    from 1 and 2 processes."""
+    extra = ["--block_rows", "1", "--tta", "flip", "--save_confidence", "--save_probabilities", "--vectorize"]
     inputs = [real_scenes["mosaic"], real_scenes["several"]]
     one = check(run(predict_command(lale_tiny_checkpoint, tmp_path / "one", *inputs, extra=extra), clean_env))
     two_command = predict_command(lale_tiny_checkpoint, tmp_path / "two", *inputs, processes=2, extra=extra)
@@ -126,7 +127,15 @@ def test_one_and_two_processes_write_the_same_bytes(real_scenes, lale_tiny_check
     assert sorted(digests(tmp_path / "one")) == sorted(
         f"{stem}_{suffix}"
         for stem in ("mosaic", "a", "b", "c")
-        for suffix in ("classes.tif", "color.png", "stats.csv", "stats.json")
+        for suffix in (
+            "classes.tif",
+            "color.png",
+            "stats.csv",
+            "stats.json",
+            "confidence.tif",
+            "probabilities.tif",
+            "polygons.gpkg",
+        )
     )
     assert not (tmp_path / "two" / ".lale-run").exists()
     with rasterio.open(real_scenes["mosaic"]) as source:

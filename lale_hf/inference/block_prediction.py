@@ -125,12 +125,15 @@ def _predict_block(item, plan, source, scaling, metadata, predictor, settings, r
     files.update({layer: run_folder.data_path(item, f".{layer}.tif") for layer in layers})
     with StagedFiles() as staged:
         # Block GeoTIFFs are written to a raw file first when each block must end up a COG (tiles layout).
-        raw = {name: path.with_suffix(".raw.tif") if tiles else staged.stage(path) for name, path in files.items()}
+        raw = {
+            name: path.with_suffix(".raw.tif") if tiles else staged.stage(path)
+            for name, path in files.items()
+            if name != "classes" or plan.georeferenced
+        }
         if plan.georeferenced:
             writers = {"classes": GeoTiffWriter(raw["classes"], height, plan.width, crs, transform, metadata, palette)}
         else:
-            raw["classes"] = staged.stage(files["classes"])
-            writers = {"classes": _ArrayWriter(raw["classes"], height, plan.width)}
+            writers = {"classes": _ArrayWriter(staged.stage(files["classes"]), height, plan.width)}
         for layer in layers:
             nodata = 0 if layer == "confidence" else None
             descriptions = layer_descriptions(layer, predictor.id2label)
