@@ -6,14 +6,23 @@ rasters (GeoTIFF with CRS, transform and colour table when the input is georefer
 colourised preview with a legend (`writers`, `visualization`), per-class area statistics (`statistics`), the
 top-level `predict_file`, `predict_paths` and `predict_image` (`prediction`), and the export (`onnx_export`).
 
+At scale: inputs are cut into blocks of whole tile rows (`tiling.split_rows`, bit-exact with their halo) and split
+between the processes of `accelerate launch` (`distributed`); each process writes its blocks into the run folder
+(`run_state`, `block_prediction`) and the main process assembles Cloud-Optimized GeoTIFFs or VRTs over them
+(`assembly`). Mosaics of many rasters are in-memory VRTs (`mosaic`). Map products: confidence and probability
+rasters, test-time augmentation (`tta`), GeoPackage polygons (`vectorize`) and calibration measures (`calibration`).
+
 Memory is bounded by the window buffers, not the scene. rasterio (extra `geo`) and onnx/onnxruntime (extra `onnx`)
 are imported only when a raster or an ONNX model is used.
 """
 
+from .assembly import COG_OPTIONS, copy_to_cog, write_vrt
 from .calibration import ErrorDetection, ReliabilityBins, expected_calibration_error, plot_reliability_diagram
+from .distributed import ProcessFailure, ProcessGroup, WorkItem, assign_work, end_processes
 from .errors import InferenceError
 from .export_utils import LogitsOnly, relative_error
 from .half_precision import HALF_DTYPES, WeightConversionError, check_half_dtype, save_half_precision, to_half_precision
+from .mosaic import MosaicInput, build_mosaic
 from .onnx_export import compare_with_onnx, export_onnx
 from .prediction import InputPlan, PredictionSettings, predict_file, predict_image, predict_paths
 from .predictors import OnnxPredictor, Predictor, TorchPredictor, compile_for_inference, load_predictor
@@ -28,7 +37,8 @@ from .quantization import (
     quantization_record,
     quantize_onnx,
 )
-from .scaling import SCALING_METHODS, Scaling, check_scaling, resolve_scaling
+from .run_state import WORK_FOLDER, RunFolder
+from .scaling import SCALING_METHODS, Scaling, apply_offset, check_scaling, resolve_scaling
 from .sources import (
     IMAGE_SUFFIXES,
     INPUT_SUFFIXES,
@@ -41,7 +51,7 @@ from .sources import (
     resolve_bands,
 )
 from .statistics import AreaStatistics
-from .tiling import OUTPUT_STRIDE, TileGrid, blend_weights, iter_label_rows, plan_tiles
+from .tiling import OUTPUT_STRIDE, TileGrid, blend_weights, block_tile_rows, iter_label_rows, plan_tiles, split_rows
 from .tta import TTA_MODES, TestTimeAugmentation
 from .vectorize import VectorizeError, VectorizeSettings, vectorize_class_raster
 from .writers import output_paths
@@ -92,6 +102,22 @@ __all__ = [
     "VectorizeError",
     "VectorizeSettings",
     "vectorize_class_raster",
+    # prediction at scale: blocks, processes, COG assembly, mosaics (README "Prediction at scale")
+    "COG_OPTIONS",
+    "WORK_FOLDER",
+    "MosaicInput",
+    "ProcessFailure",
+    "ProcessGroup",
+    "RunFolder",
+    "WorkItem",
+    "apply_offset",
+    "assign_work",
+    "block_tile_rows",
+    "build_mosaic",
+    "copy_to_cog",
+    "end_processes",
+    "split_rows",
+    "write_vrt",
     # int8 ONNX and half-precision weights (docs/quantization.md)
     "CALIBRATION_METHODS",
     "HALF_DTYPES",
