@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ from lale_hf.metrics import SegmentationMetrics
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TIME = "/usr/bin/time"  # GNU time
 DEFAULT_CHECKPOINTS = [REPO_ROOT / f"outputs/accuracy/lale-tiny/seed-{seed}/steps-600" for seed in (0, 1, 2)]
 # Calibration variants measured on the first checkpoint; "default" is QuantizationSettings().
 ALL_OPS = ("Conv", "MatMul", "Add", "Mul", "Relu", "Resize", "Concat", "Softmax", "Transpose", "Reshape")
@@ -264,6 +266,20 @@ def measure_speed(prepared: dict, images: np.ndarray, args) -> dict:
     return {"rows": results, "load_average": [load_before, os.getloadavg()[0]]}
 
 
+def peak_rss(command: list[str]) -> tuple[float, float]:
+    """Peak RSS (MiB) and wall time of `command`, measured by GNU time from a small parent: a child forked from this
+    process (gigabytes of models and sessions by now) counts the parent's pages in its ru_maxrss until it execs."""
+    if not Path(TIME).is_file():
+        return peak_rss_of(command)
+    start = time.perf_counter()
+    result = subprocess.run([TIME, "-f", "MAXRSS_KB %M", *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    kilobytes = int(result.stderr.strip().splitlines()[-1].split()[-1])
+    return kilobytes / 1024, seconds
+
+
 def measure_memory(prepared: dict, checkpoint: Path, image_folder: Path, work: Path) -> list[dict]:
     """Peak RSS and wall time of one scripts/predict.py process per path over the validation images."""
     files = prepared["files"]
@@ -278,7 +294,7 @@ def measure_memory(prepared: dict, checkpoint: Path, image_folder: Path, work: P
     for name, model in models.items():
         output = work / f"predict-{len(rows)}"
         command = [sys.executable, str(PREDICT), str(image_folder), "--model", *model, "--output_dir", str(output)]
-        rss, seconds = peak_rss_of([*command, "--overwrite", "--no_progress"])
+        rss, seconds = peak_rss([*command, "--overwrite", "--no_progress"])
         rows.append({"path": name, "peak_rss_mib": rss, "seconds": seconds})
         print(f"  memory {name}: {rss:.0f} MiB, {seconds:.1f} s", flush=True)
     return rows

@@ -104,7 +104,9 @@ def leftovers(folder: Path) -> list[str]:
 def test_int8_class_maps_agree_with_fp32_on_real_validation_patches(int8_export, fp32_onnx, validation_images):
     fp32_maps = class_maps(OnnxPredictor(fp32_onnx), validation_images)
     int8_maps = class_maps(OnnxPredictor(int8_export[0]), validation_images)
-    assert len(np.unique(fp32_maps)) >= 3  # a map of one class would agree trivially
+    # A map of one class would agree trivially: this checkpoint splits the patches mainly into Tree and Crop.
+    shares = np.sort(np.bincount(fp32_maps.ravel())) / fp32_maps.size
+    assert shares[-2] > 0.1, shares
     agreement = float((fp32_maps == int8_maps).mean())
     assert agreement >= 0.98, f"int8 and fp32 class maps agree on {agreement:.2%} of validation pixels"
     # The check the script printed is the same measure, on its calibration images.
