@@ -139,9 +139,9 @@ def main(argv=None):
     *backend_runs, pipeline_run = runs
     summaries = [summarize_pairs(run, args.size, args.size) for run in backend_runs]
     pipeline = summarize_pipeline(pipeline_run, args.size, args.size)
-    profiles = (
-        [] if args.no_profile else [profile_stages(scene, p, work / "profile", settings) for p in predictors.values()]
-    )
+    profiles = []
+    for backend, predictor in [] if args.no_profile else predictors.items():
+        profiles.append(profile_stages(scene, predictor, work / "profile", settings, backend))
     memory_scenes = {size: cached_scene(cache_dir, size, raw_dir, args.seed) for size in args.memory_sizes}
     memory_backends = args.memory_backends or args.backends
     memory = measure_memory(memory_backends, models, memory_scenes, work, settings) if memory_scenes else []
@@ -168,14 +168,18 @@ def main(argv=None):
         sections.append(f"## Peak RSS of scripts/predict.py (child process, wait4 ru_maxrss)\n\n{memory_table(memory)}")
     if processes:
         pixels = args.process_size**2
-        one = next((run for run in processes if run["processes"] == 1), None)
+        # The fastest one-process run gives the per-process rate (on a loaded machine, more threads can be slower).
+        singles = [run for run in processes if run["processes"] == 1 and run["predict_s"]]
+        one = min(singles, key=lambda run: run["predict_s"], default=None)
         text = (
             f"scripts/predict.py, {args.process_backend}, {args.process_size}x{args.process_size} scene, as separate "
             f"runs (1 process: plain python; more: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu)\n\n"
             f"{processes_table(processes, pixels)}"
         )
         if one and one["predict_s"] and one["merge_s"]:
-            text += "\n\nProjection for 10^11 pixels (arithmetic from the 1-process run):\n\n" + projection_lines(
+            threads = one["threads_per_process"][0]
+            text += f"\n\nProjection for 10^11 pixels (arithmetic from the 1-process run on {threads} thread(s)):\n\n"
+            text += projection_lines(
                 pixels / one["predict_s"] / 1e6, pixels / one["merge_s"] / 1e6, pipeline["mpx_s"]["median"]
             )
         sections.append(f"## Processes\n\n{text}")

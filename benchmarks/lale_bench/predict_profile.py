@@ -108,7 +108,7 @@ def patched_stages(timer: StageTimer):
             setattr(owner, name, original)
 
 
-def profile_stages(scene: Path, predictor, output_dir: Path, settings: dict) -> dict:
+def profile_stages(scene: Path, predictor, output_dir: Path, settings: dict, name: str | None = None) -> dict:
     """One end-to-end run with every stage timed; seconds per stage, the model's, the remainder and the total."""
     timer = StageTimer()
     timed = TimedPredictor(predictor)
@@ -120,7 +120,7 @@ def profile_stages(scene: Path, predictor, output_dir: Path, settings: dict) -> 
     main_thread = sum(seconds for stage, seconds in stages.items() if not stage.endswith("(background)"))
     stages["remainder (batching, blending, loop)"] = max(total - main_thread, 0.0)
     return {
-        "backend": predictor.backend,
+        "backend": name or predictor.backend,
         "total_s": total,
         "stages_s": stages,
         "calls": dict(timer.calls),
