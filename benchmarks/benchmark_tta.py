@@ -16,10 +16,9 @@ each round), as seconds per megapixel (the fastest round: on a shared machine th
 `none` paired within each round (median over rounds). Every number is given per checkpoint and as mean ± std over
 the checkpoints (seeds); the differences to `none` are paired seed by seed.
 
-Example (the measurement in docs/map-products.md):
-  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4 python benchmarks/benchmark_tta.py \\
-      --models outputs/accuracy/lale-tiny/seed-{0,1,2}/steps-600 \\
-      --json docs/map-products-2026-11-30.json --plot docs/reliability-2026-11-30.png
+The measurement in docs/map-products.md (checkpoints of benchmarks/benchmark_accuracy.py, see docs/accuracy.md):
+  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4 python benchmarks/benchmark_tta.py --threads 1 \\
+      --json docs/reliability-2026-11-30.json --plot docs/reliability-2026-11-30.png
 """
 
 import argparse

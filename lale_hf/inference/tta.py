@@ -11,6 +11,9 @@ Modes (the copies form a group, so the averaged model is exactly equivariant to 
 - `d4`: the 8 symmetries of the square (4 rotations by 90 degrees, each with and without a horizontal flip), 8 passes
   per tile. Rotating a non-square tile swaps its height and width; such copies run as their own batch.
 
+Measured on the 60 real s2glc-sample validation patches with three lale-tiny checkpoints (docs/map-products.md):
+`flip` and `d4` both add +0.3 macro-F1 points (every seed), for 4.3x and 8.5x the model time of `none`.
+
 The logits live at 1/4 of the input resolution, so a flip of the input is a flip of the logit grid only when height
 and width are multiples of `OUTPUT_STRIDE`; other sizes are refused (the tiling uses multiples of 32).
 """
