@@ -165,7 +165,7 @@ def main(argv=None):
     sections = [f"## Throughput\n\n{title}\n\n{throughput_table(summaries, TARGET_RATIO, pipeline)}"]
     sections += [f"## Stages\n\n{stage_table(profile)}" for profile in profiles]
     if memory:
-        sections.append(f"## Peak RSS of scripts/predict.py (child process, wait4 ru_maxrss)\n\n{memory_table(memory)}")
+        sections.append(f"## Peak RSS of scripts/predict.py (child process, its VmHWM)\n\n{memory_table(memory)}")
     if processes:
         pixels = args.process_size**2
         # The fastest one-process run gives the per-process rate (on a loaded machine, more threads can be slower).

@@ -207,7 +207,6 @@ def test_tile_batches_equal_tiles_prepared_one_by_one(s2glc_sample, dtype, scali
         np.testing.assert_array_equal(batch, reference)
 
 
-@pytest.mark.slow  # a predict.py child process: about 20-30 s on two shared cores
 def test_one_process_run_records_its_stages_merge_and_memory(s2glc_sample, lale_tiny_checkpoint, tmp_path):
     from lale_bench.predict_processes import projection, run_processes
 
@@ -218,7 +217,8 @@ def test_one_process_run_records_its_stages_merge_and_memory(s2glc_sample, lale_
     assert run["threads_per_process"] == [1] and rank["exit_code"] == 0
     assert 0 < run["predict_s"] < rank["wall_s"] < run["wall_s"] and 0 < run["merge_s"] < rank["wall_s"]
     assert rank["inclusive_s"]["model"] <= run["predict_s"]  # the model runs inside the block loop
-    assert rank["peak_rss_mib"] > 100
+    # VmHWM of the child itself, not the benchmark process's size carried through fork (ru_maxrss would include it).
+    assert 100 < rank["peak_rss_mib"] <= rank["ru_maxrss_mib"]
     assert (tmp_path / "processes-1" / f"{scene.stem}_classes.tif").exists()
     # 10^11 px at 1 Mpx/s on 64 processes, merged at 10 Mpx/s: 1562.5 s + 10^4 s.
     assert projection(1e11, 1.0, 10.0, 64) == {"processes": 64, "predict_s": 1562.5, "merge_s": 1e4, "total_s": 11562.5}

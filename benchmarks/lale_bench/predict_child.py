@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Runs a prediction script in this process with the stage timers of `predict_profile` installed, then writes this
-process's stage seconds, wall time and peak RSS as JSON ("{rank}" in the path becomes the process index).
+process's stage seconds, wall time and peak RSS (VmHWM) as JSON ("{rank}" in the path becomes the process index).
 
 The prediction benchmark starts it directly (one process) or under `accelerate launch` (one per rank):
 
@@ -20,6 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark li
 
 from lale_bench.predict_profile import StageTimer, patched_stages  # noqa: E402
 from lale_hf.file_utils import write_atomic  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since it started its program: VmHWM, the high-water mark of its current memory map.
+
+    Not `ru_maxrss`: Linux carries a parent's peak into a forked child through exec, so a child of a large process
+    (the benchmark holds its recorded batches) would report at least its parent's size.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -43,7 +56,8 @@ def main():
         "stages_s": dict(timer.totals),
         "inclusive_s": dict(timer.inclusive),
         "not_found": missing,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
+        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": __import__("torch").get_num_threads(),
         "exit_code": code,
     }

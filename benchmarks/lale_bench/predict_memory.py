@@ -1,9 +1,12 @@
 """Prediction in child processes: the peak RSS of `scripts/predict.py` per scene size, and its wall time.
 
-Each run is a fresh process, so its peak RSS (`wait4`'s ru_maxrss, which covers the process and nothing else) is
-that prediction's alone: model, buffers, GDAL's block cache and the Python runtime.
+Each run is a fresh process started through `predict_child.py`, which reports the process's own high-water mark
+(VmHWM): that prediction's model, buffers, GDAL's block cache and the Python runtime. `wait4`'s ru_maxrss is not
+used: on Linux a child inherits its parent's peak through fork and exec, so it would report at least the size of
+the benchmark process that started it.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -13,12 +16,13 @@ from pathlib import Path
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).resolve().parent / "predict_child.py"
 PREDICT = REPO_ROOT / "scripts" / "predict.py"
 
 
 def peak_rss_of(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Runs `command`; returns its peak RSS in MiB and its wall time in seconds. Raises with its stderr if it
-    fails."""
+    """Runs `command`; returns its `ru_maxrss` in MiB (which includes the peak of this process at the fork) and its
+    wall time in seconds. Raises with its stderr if it fails."""
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
@@ -45,11 +49,13 @@ def predict_command(backend: str, models: dict[str, Path], scene: Path, output_d
 def measure_memory(
     backends: list[str], models: dict[str, Path], scenes: dict[int, Path], work: Path, settings: dict
 ) -> list[dict]:
-    """Peak RSS and wall time of one `scripts/predict.py` process per backend and scene size."""
+    """Peak RSS (VmHWM) and wall time of one `scripts/predict.py` process per backend and scene size."""
     rows = []
     for backend in backends:
         for size, scene in sorted(scenes.items()):
             command = predict_command(backend, models, scene, work / f"memory-{backend}-{size}", settings)
-            rss, seconds = peak_rss_of(command)
-            rows.append({"backend": backend, "scene": size, "peak_rss_mib": rss, "seconds": seconds})
+            timings = work / f"memory-{backend}-{size}.json"
+            _, seconds = peak_rss_of([command[0], str(CHILD), "--timings", str(timings), *command[1:]])
+            record = json.loads(timings.read_text())
+            rows.append({"backend": backend, "scene": size, "peak_rss_mib": record["peak_rss_mib"], "seconds": seconds})
     return rows

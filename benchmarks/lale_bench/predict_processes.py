@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .predict_memory import PREDICT, REPO_ROOT, predict_command
+from .predict_memory import CHILD, PREDICT, REPO_ROOT, predict_command
 
 
-CHILD = Path(__file__).resolve().parent / "predict_child.py"
 ACCELERATE_LAUNCH = (sys.executable, "-m", "accelerate.commands.launch")
 MERGE_STAGE, PREDICT_STAGE = "assembly (merge)", "block loop"
 
