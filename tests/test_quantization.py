@@ -344,3 +344,36 @@ def test_benchmark_int8_path_with_another_class_map_is_not_timed(monkeypatch):
     (record,) = [r for r in run["measurements"] if r["path"] == "onnxruntime-int8"]
     assert record["status"] == "mismatch" and "class maps agree under 90%" in record["detail"]
     assert "samples" not in record
+
+
+@pytest.mark.slow  # two accelerate processes start, each loading ONNX Runtime
+def test_int8_file_predicts_the_same_in_one_and_two_processes(int8_export, s2glc_sample, tmp_path, clean_env):
+    from test_train import ACCELERATE, free_port
+
+    images = tmp_path / "patches"
+    images.mkdir()
+    for name in ("s2glc_00260", "s2glc_00261", "s2glc_00262", "s2glc_00263"):
+        shutil.copy(s2glc_sample / "val" / "images" / f"{name}.png", images)
+    arguments = [str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(int8_export[0]), "--no_progress"]
+    one = subprocess.run(
+        [sys.executable, *arguments, "--output_dir", str(tmp_path / "one"), str(images)],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = [*ACCELERATE, "--num_processes", "2", "--num_machines", "1", "--multi_gpu"]
+    launcher += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = subprocess.run(
+        [*launcher, *arguments, "--output_dir", str(tmp_path / "two"), str(images)],
+        env={**clean_env, "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    written = sorted(path.name for path in (tmp_path / "one").glob("*_classes.png"))
+    assert len(written) == 4
+    for name in written:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
