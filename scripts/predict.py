@@ -89,7 +89,10 @@ def parse_args():
         "--mosaic", metavar="NAME", help="Predict all inputs as one mosaic named NAME (same CRS and pixel grid)."
     )
     parser.add_argument(
-        "--block_rows", type=positive_int, default=8, help="Tile rows per block: the unit of work and of --resume."
+        "--block_rows",
+        type=positive_int,
+        default=16,
+        help="Tile rows per block: the unit of work and of --resume; lower it when processes outnumber blocks.",
     )
     parser.add_argument(
         "--output_layout",

@@ -76,7 +76,7 @@ class PredictionSettings:
     overwrite: bool = False
     progress: bool = True
     offset: float = 0.0
-    block_rows: int = 8
+    block_rows: int = 16
     output_layout: str = "cog"
     resume: bool = False
     dtype: str = "fp32"
@@ -277,7 +277,7 @@ def predict_paths(
     num_threads: int | None = None,
     torch_compile: bool = False,
     offset: float = 0.0,
-    block_rows: int = 8,
+    block_rows: int = 16,
     output_layout: str = "cog",
     resume: bool = False,
     dtype: str = "fp32",

@@ -386,15 +386,26 @@ def block_tile_rows(grid: TileGrid, row0: int, row1: int) -> range:
 
 
 def split_rows(grid: TileGrid, tile_rows_per_block: int) -> list[tuple[int, int]]:
-    """Output-row ranges of blocks of `tile_rows_per_block` whole tile rows each, covering the scene once.
+    """Output-row ranges of blocks of `tile_rows_per_block` tile rows each, covering the scene once.
 
-    Block k starts where its first tile row starts, so blocks follow the tile grid and depend on nothing else (not
-    on the number of processes).
+    A boundary lies in the middle of the rows only its tile row covers (between the previous tile row's end and the
+    next one's start), so the blocks on both sides share one tile row, predicted twice, rather than the two an
+    overlap zone would cost. Blocks follow the tile grid and depend on nothing else (not on the number of
+    processes).
     """
     if tile_rows_per_block < 1:
         raise InferenceError(f"--block_rows {tile_rows_per_block}: expected a positive number of tile rows.")
-    starts = [grid.ys[i] for i in range(0, len(grid.ys), tile_rows_per_block)]
-    return list(zip(starts, [*starts[1:], grid.height], strict=True))
+    ys, height = grid.ys, grid.height
+    starts = [0]
+    for index in range(tile_rows_per_block, len(ys), tile_rows_per_block):
+        covered_above = ys[index - 1] + grid.tile_height
+        next_start = ys[index + 1] if index + 1 < len(ys) else height
+        boundary = ys[index]
+        if next_start > covered_above:  # a zone only this tile row covers
+            boundary = (covered_above + next_start) // 2 // OUTPUT_STRIDE * OUTPUT_STRIDE
+        if starts[-1] < boundary < height:
+            starts.append(boundary)
+    return list(zip(starts, [*starts[1:], height], strict=True))
 
 
 def _mask_nodata(source, bands, nodata: np.ndarray | None, labels: np.ndarray, row0: int) -> int:
