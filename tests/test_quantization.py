@@ -3,6 +3,7 @@ patches (`real_trained_checkpoint`): random weights give near-uniform logits who
 so they would prove nothing about accuracy."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,9 +62,11 @@ def fp32_onnx(real_trained_checkpoint, fp32_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_export(real_trained_checkpoint, s2glc_dataset, tmp_path_factory, clean_env) -> tuple[Path, str]:
+def int8_export(real_trained_checkpoint, s2glc_dataset, tmp_path_factory) -> tuple[Path, str]:
     """scripts/export_onnx.py --quantize int8 with its defaults (64 train patches, MinMax); the file and stdout."""
     path = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    # conftest's clean_env, which is function-scoped
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
     result = run(
         "export_onnx.py",
         "--model",
@@ -274,9 +277,12 @@ def test_bf16_weights_round_trip(fp32_model, validation_images, tmp_path):
     assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
     half = load_predictor(output)
     assert next(half.model.parameters()).dtype == torch.float32
+    full = TorchPredictor(fp32_model)
     pixel_values = half.normalize(validation_images[:8])
-    # bf16 keeps 8 bits of mantissa against fp16's 11: looser, still far from flipping confident pixels.
-    assert relative_error(half(pixel_values), TorchPredictor(fp32_model)(pixel_values)) < 5e-2
+    # bf16 keeps 8 bits of mantissa against fp16's 11: its logits move about ten times as far (here up to 0.1 of the
+    # largest logit), so the class map is what must hold.
+    assert relative_error(half(pixel_values), full(pixel_values)) < 0.2
+    assert (class_maps(half, validation_images[:8]) == class_maps(full, validation_images[:8])).mean() > 0.98
 
 
 def test_half_precision_errors(fp32_model, tmp_path, clean_env, real_trained_checkpoint):
