@@ -62,6 +62,13 @@ def fp32_onnx(real_trained_checkpoint, fp32_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def random_onnx(lale_tiny_checkpoint, tmp_path_factory) -> Path:
+    """A random lale-tiny exported: enough for determinism and input errors, which do not depend on the weights."""
+    model = AutoModelForSemanticSegmentation.from_pretrained(lale_tiny_checkpoint, use_safetensors=True).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("random") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
 def int8_export(real_trained_checkpoint, s2glc_dataset, tmp_path_factory) -> tuple[Path, str]:
     """scripts/export_onnx.py --quantize int8 with its defaults (64 train patches, MinMax); the file and stdout."""
     path = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
@@ -104,6 +111,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
 
+@pytest.mark.slow  # trains real_trained_checkpoint (about 2 minutes on 2 idle cores) if no test did yet
 def test_int8_class_maps_agree_with_fp32_on_real_validation_patches(int8_export, fp32_onnx, validation_images):
     fp32_maps = class_maps(OnnxPredictor(fp32_onnx), validation_images)
     int8_maps = class_maps(OnnxPredictor(int8_export[0]), validation_images)
@@ -116,6 +124,7 @@ def test_int8_class_maps_agree_with_fp32_on_real_validation_patches(int8_export,
     assert "calibration images" in int8_export[1] and "pixels agree" in int8_export[1]
 
 
+@pytest.mark.slow  # trains real_trained_checkpoint (about 2 minutes on 2 idle cores) if no test did yet
 def test_int8_file_is_small_quantised_and_keeps_the_metadata(int8_export, fp32_onnx):
     path = int8_export[0]
     assert path.stat().st_size <= 0.30 * fp32_onnx.stat().st_size
@@ -137,6 +146,7 @@ def test_int8_file_is_small_quantised_and_keeps_the_metadata(int8_export, fp32_o
     assert any(len(init.dims) == 1 and init.dims[0] > 1 for init in scales.values())
 
 
+@pytest.mark.slow  # trains real_trained_checkpoint (about 2 minutes on 2 idle cores) if no test did yet
 def test_predict_script_runs_the_int8_file(int8_export, s2glc_sample, tmp_path, clean_env):
     patch = s2glc_sample / "val" / "images" / "s2glc_00275.png"
     result = run(
@@ -150,21 +160,21 @@ def test_predict_script_runs_the_int8_file(int8_export, s2glc_sample, tmp_path, 
     assert (written == in_process).mean() > 0.999
 
 
-def test_calibration_is_deterministic_for_a_seed(fp32_onnx, s2glc_dataset, tmp_path):
-    first = quantize_onnx(fp32_onnx, tmp_path / "a.onnx", s2glc_dataset, FAST)
-    second = quantize_onnx(fp32_onnx, tmp_path / "b.onnx", s2glc_dataset, FAST)
+def test_calibration_is_deterministic_for_a_seed(random_onnx, s2glc_dataset, tmp_path):
+    first = quantize_onnx(random_onnx, tmp_path / "a.onnx", s2glc_dataset, FAST)
+    second = quantize_onnx(random_onnx, tmp_path / "b.onnx", s2glc_dataset, FAST)
     assert first.read_bytes() == second.read_bytes()
     other_seed = QuantizationSettings(calibration_samples=FAST.calibration_samples, seed=1)
-    third = quantize_onnx(fp32_onnx, tmp_path / "c.onnx", s2glc_dataset, other_seed)
+    third = quantize_onnx(random_onnx, tmp_path / "c.onnx", s2glc_dataset, other_seed)
     assert third.read_bytes() != first.read_bytes()  # another draw of images gives other ranges
 
 
-def test_an_image_folder_calibrates_too(fp32_onnx, s2glc_sample, tmp_path):
+def test_an_image_folder_calibrates_too(random_onnx, s2glc_sample, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for path in sorted((s2glc_sample / "train" / "images").glob("*.png"))[:8]:
         shutil.copy(path, folder / path.name)
-    output = quantize_onnx(fp32_onnx, tmp_path / "folder.onnx", folder, FAST)
+    output = quantize_onnx(random_onnx, tmp_path / "folder.onnx", folder, FAST)
     assert quantization_record(output)["calibration_images"] == 8
 
 
@@ -192,20 +202,27 @@ def raw_tif_folder(folder: Path, s2glc_sample: Path) -> Path:
     ids=["empty-folder", "rgba-png", "4-band-uint16-geotiff"],
 )
 def test_bad_calibration_folders_are_clear_errors_and_write_nothing(
-    fp32_onnx, s2glc_sample, tmp_path, make_folder, message
+    random_onnx, s2glc_sample, tmp_path, make_folder, message
 ):
     folder = make_folder(tmp_path / "calibration", s2glc_sample)
     output_folder = tmp_path / "out"
     output_folder.mkdir()
     with pytest.raises(QuantizationError, match=message):
-        quantize_onnx(fp32_onnx, output_folder / "model.onnx", folder, FAST)
+        quantize_onnx(random_onnx, output_folder / "model.onnx", folder, FAST)
     assert leftovers(output_folder) == []
 
 
-def test_quantising_a_quantised_file_is_refused(int8_export, s2glc_dataset, tmp_path):
+def test_quantising_a_quantised_file_is_refused(random_onnx, s2glc_dataset, tmp_path):
+    once = quantize_onnx(random_onnx, tmp_path / "once.onnx", s2glc_dataset, FAST)
+    with pytest.raises(QuantizationError, match=r"once\.onnx: the model is already quantised"):
+        quantize_onnx(once, tmp_path / "twice.onnx", s2glc_dataset, FAST)
+    # A QDQ file stripped of its record is still recognised by its operators.
+    stripped = onnx.load(once)
+    stripped.metadata_props.remove(next(p for p in stripped.metadata_props if p.key == "quantization"))
+    onnx.save(stripped, tmp_path / "stripped.onnx")
     with pytest.raises(QuantizationError, match=r"already quantised"):
-        quantize_onnx(int8_export[0], tmp_path / "twice.onnx", s2glc_dataset, FAST)
-    assert leftovers(tmp_path) == []
+        quantize_onnx(tmp_path / "stripped.onnx", tmp_path / "twice.onnx", s2glc_dataset, FAST)
+    assert leftovers(tmp_path) == ["once.onnx", "stripped.onnx"]
 
 
 @pytest.mark.parametrize(
@@ -219,7 +236,7 @@ def test_quantising_a_quantised_file_is_refused(int8_export, s2glc_dataset, tmp_
     ids=["unknown-quantize", "no-calibration", "empty-calibration-folder", "missing-split"],
 )
 def test_export_script_refuses_bad_quantisation_input(
-    real_trained_checkpoint, s2glc_dataset, tmp_path, clean_env, extra, message
+    lale_tiny_checkpoint, s2glc_dataset, tmp_path, clean_env, extra, message
 ):
     (tmp_path / "empty").mkdir()
     replacements = {"EMPTY": tmp_path / "empty", "DATASET": s2glc_dataset}
@@ -229,7 +246,7 @@ def test_export_script_refuses_bad_quantisation_input(
     result = run(
         "export_onnx.py",
         "--model",
-        real_trained_checkpoint,
+        lale_tiny_checkpoint,
         "--output",
         output_folder / "x.onnx",
         *extra,
@@ -240,6 +257,7 @@ def test_export_script_refuses_bad_quantisation_input(
     assert leftovers(output_folder) == []
 
 
+@pytest.mark.slow  # trains real_trained_checkpoint (about 2 minutes on 2 idle cores) if no test did yet
 def test_fp16_weights_are_half_the_size_and_load_back_to_fp32(
     real_trained_checkpoint, fp32_model, validation_images, tmp_path, clean_env
 ):
@@ -272,6 +290,7 @@ def test_fp16_weights_are_half_the_size_and_load_back_to_fp32(
     assert (class_maps(half, validation_images[:8]) == class_maps(full, validation_images[:8])).mean() > 0.99
 
 
+@pytest.mark.slow  # trains real_trained_checkpoint (about 2 minutes on 2 idle cores) if no test did yet
 def test_bf16_weights_round_trip(fp32_model, validation_images, tmp_path):
     output = save_half_precision(fp32_model, tmp_path / "bf16", "bf16")
     assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
@@ -285,10 +304,10 @@ def test_bf16_weights_round_trip(fp32_model, validation_images, tmp_path):
     assert (class_maps(half, validation_images[:8]) == class_maps(full, validation_images[:8])).mean() > 0.98
 
 
-def test_half_precision_errors(fp32_model, tmp_path, clean_env, real_trained_checkpoint):
+def test_half_precision_errors(tiny_model, tmp_path, clean_env, lale_tiny_checkpoint):
     with pytest.raises(WeightConversionError, match=r"--dtype 'fp8': expected one of fp16, bf16"):
-        save_half_precision(fp32_model, tmp_path / "x", "fp8")
-    huge = type(fp32_model)(fp32_model.config)
+        save_half_precision(tiny_model, tmp_path / "x", "fp8")
+    huge = type(tiny_model)(tiny_model.config)
     with torch.no_grad():
         huge.decode_head.classifier.weight[0, 0] = 1e6
     with pytest.raises(WeightConversionError, match=r"decode_head\.classifier\.weight: largest \|value\| 1e\+06"):
@@ -297,7 +316,7 @@ def test_half_precision_errors(fp32_model, tmp_path, clean_env, real_trained_che
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     result = run(
-        "convert_weights.py", "--model", real_trained_checkpoint, "--output_dir", tmp_path / "taken", env=clean_env
+        "convert_weights.py", "--model", lale_tiny_checkpoint, "--output_dir", tmp_path / "taken", env=clean_env
     )
     assert result.returncode == 2 and "exists and is not empty (pass --overwrite)" in result.stderr
     assert leftovers(tmp_path / "taken") == ["keep.txt"]
@@ -320,6 +339,7 @@ def benchmark_settings(paths):
     )
 
 
+@pytest.mark.slow  # exports and quantises a lale-tiny (about 20 s)
 def test_benchmark_int8_path_is_checked_by_class_map_agreement(tmp_path):
     settings = benchmark_settings(("eager", "onnxruntime-int8"))
     from lale_bench import run_benchmark
