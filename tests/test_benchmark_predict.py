@@ -222,3 +222,14 @@ def test_one_process_run_records_its_stages_merge_and_memory(s2glc_sample, lale_
     assert (tmp_path / "processes-1" / f"{scene.stem}_classes.tif").exists()
     # 10^11 px at 1 Mpx/s on 64 processes, merged at 10 Mpx/s: 1562.5 s + 10^4 s.
     assert projection(1e11, 1.0, 10.0, 64) == {"processes": 64, "predict_s": 1562.5, "merge_s": 1e4, "total_s": 11562.5}
+
+
+def test_cog_assembly_benchmark_measures_each_size_in_its_own_process(tmp_path):
+    output = tmp_path / "cog.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "benchmark_cog_assembly.py"), "--sizes", "512", "1700"]
+    result = subprocess.run([*command, "--json", str(output)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(output.read_text())
+    assert [row["size"] for row in rows] == [512, 1700] and "| 1700^2 | 3 |" in result.stdout
+    # Each child starts from its own baseline: the peak is at least the RSS before the copy.
+    assert all(row["peak_rss_mib"] >= row["rss_before_mib"] > 100 and row["cog_mib"] > 0 for row in rows)
