@@ -307,3 +307,43 @@ def test_bad_inputs_at_scale_give_clear_errors_and_no_output(real_scenes, lale_t
     with pytest.raises(FileExistsError, match="outputs already exist .*pass --overwrite"):
         predict_paths([real_scenes["several"] / "b.tif"], lale_tiny_checkpoint, done, progress=False)
     assert digests(done) == before
+
+
+def test_resume_in_process_refuses_a_rewritten_input_and_finishes_an_interrupted_run(
+    real_scenes, lale_tiny_checkpoint, tmp_path
+):
+    """A run cut by an error inside the model (as a power cut would) keeps its finished blocks; an input touched
+    since is refused; the untouched input resumes to the bytes of an uninterrupted run."""
+    import shutil
+
+    from lale_hf.inference import Predictor, load_predictor
+
+    class FailsAfterThreeBatches(Predictor):
+        def __init__(self, predictor):
+            super().__init__(predictor.name, predictor.id2label, predictor.preprocessing)
+            self.predictor, self.backend, self.calls = predictor, predictor.backend, 0
+
+        def __call__(self, pixel_values):
+            self.calls += 1
+            if self.calls > 3:
+                raise RuntimeError("power cut")
+            return self.predictor(pixel_values)
+
+    scene = tmp_path / "scene.tif"
+    shutil.copy(real_scenes["several"] / "c.tif", scene)
+    predictor = load_predictor(lale_tiny_checkpoint)
+    settings = {"block_rows": 1, "progress": False}
+    reference = predict_paths([scene], predictor, tmp_path / "reference", **settings)[0]
+    output = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="power cut"):
+        predict_paths([scene], FailsAfterThreeBatches(predictor), output, **settings)
+    done = list((output / ".lale-run" / "blocks").glob("*.done.json"))
+    assert 0 < len(done) < 5 and not (output / "scene_classes.tif").exists()
+    status = scene.stat()
+    os.utime(scene, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    with pytest.raises(InferenceError, match=r"--resume: an input .* differs from the interrupted run"):
+        predict_paths([scene], predictor, output, resume=True, **settings)
+    os.utime(scene, ns=(status.st_atime_ns, status.st_mtime_ns))
+    resumed = predict_paths([scene], predictor, output, resume=True, **settings)[0]
+    assert digests(output) == digests(tmp_path / "reference")
+    assert resumed["classes"] == reference["classes"]

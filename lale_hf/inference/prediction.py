@@ -28,7 +28,7 @@ from .scaling import (
     parse_scaling,
     resolve_scaling,
 )
-from .sources import NODATA_CLASS, ImageSource, expand_inputs, open_source, parse_bands, resolve_bands
+from .sources import NODATA_CLASS, ImageSource, expand_inputs, is_remote, open_source, parse_bands, resolve_bands
 from .tiling import check_tiling, iter_label_rows, plan_tiles, split_rows
 from .tta import TTA_MODES, TestTimeAugmentation
 from .vectorize import VectorizeSettings
@@ -198,7 +198,7 @@ def _run_description(plans: list[InputPlan], predictor: Predictor, settings: Pre
         "model": predictor.name,
         "model_sha256": model_fingerprint(predictor),
         "backend": predictor.backend,
-        "inputs": [[str(plan.path), plan.height, plan.width] for plan in plans],
+        "inputs": [[str(plan.path), plan.height, plan.width, _file_identity(plan.path)] for plan in plans],
         "mosaic": list(mosaic.files) if mosaic else None,
         "bands": [list(plan.bands) for plan in plans],
         "scaling": settings.scaling,
@@ -219,6 +219,16 @@ def _run_description(plans: list[InputPlan], predictor: Predictor, settings: Pre
     }
 
 
+def _file_identity(path) -> list | None:
+    """Size and modification time of local input files, so that a resume notices an input rewritten in between."""
+    if isinstance(path, MosaicInput):
+        return [_file_identity(file) for file in path.files]
+    if is_remote(str(path)):
+        return None
+    status = Path(path).stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
 def _work_items(plans: list[InputPlan], settings: PredictionSettings) -> list[WorkItem]:
     items = []
     for index, plan in enumerate(plans):
@@ -233,6 +243,8 @@ def _prepare_run(run_folder: RunFolder, plans, description: dict, settings: Pred
     if run_folder.exists() and settings.resume:
         run_folder.start(description, resume=True, overwrite=False)
         return
+    if run_folder.exists() and not settings.overwrite:
+        run_folder.start(description, resume=False, overwrite=False)  # raises, before the scaling pass
     scalings = []
     for plan in plans:
         source = open_source(plan.path)

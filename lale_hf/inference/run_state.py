@@ -28,7 +28,7 @@ RESUME_SETTINGS = {
     "model": "--model",
     "model_sha256": "--model (its weights changed)",
     "backend": "--model",
-    "inputs": "the inputs",
+    "inputs": "an input (its path, size or modification time)",
     "mosaic": "--mosaic",
     "bands": "--bands",
     "scaling": "--scaling",
