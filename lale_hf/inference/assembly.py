@@ -40,12 +40,7 @@ def write_vrt(
     """A VRT of `blocks` ((file relative to the VRT, first row, rows), stacked top to bottom) with the metadata a
     class raster carries: CRS, transform, nodata, colour table, class names and the prediction settings."""
     descriptions = descriptions or ["land-cover class index (255 = no data)"]
-    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
-    if crs is not None:
-        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
-    if transform is not None:
-        values = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
-        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in values)
+    root = vrt_dataset(width, height, crs, transform)
     dataset_metadata = ET.SubElement(root, "Metadata")
     ET.SubElement(dataset_metadata, "MDI", key="LALE_PREDICTION").text = json.dumps(metadata)
     for band, description in enumerate(descriptions, start=1):
@@ -65,14 +60,32 @@ def write_vrt(
             # What a TIFF can store (band 1 grey, the others extra samples); anything else would go to an .aux.xml.
             ET.SubElement(element, "ColorInterp").text = "Gray" if band == 1 else "Undefined"
         for name, row0, rows in blocks:
-            source = ET.SubElement(element, "SimpleSource")
-            ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = name
-            ET.SubElement(source, "SourceBand").text = str(band)
-            size = {"xSize": str(width), "ySize": str(rows)}
-            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-            ET.SubElement(source, "DstRect", xOff="0", yOff=str(row0), **size)
+            add_simple_source(element, name, band, width, rows, 0, row0, relative=True)
     ET.indent(root)
     Path(path).write_bytes(ET.tostring(root, encoding="utf-8") + b"\n")
+
+
+def vrt_dataset(width: int, height: int, crs, transform) -> ET.Element:
+    """A `VRTDataset` element with the CRS and geotransform (either may be None: not georeferenced)."""
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    if crs is not None:
+        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
+    if transform is not None:
+        values = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
+        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in values)
+    return root
+
+
+def add_simple_source(
+    band_element: ET.Element, filename: str, band: int, width: int, height: int, x_off: int, y_off: int, relative: bool
+):
+    """Band `band` of `filename`, whole (`width` x `height`), placed at (`x_off`, `y_off`) of the VRT band."""
+    source = ET.SubElement(band_element, "SimpleSource")
+    ET.SubElement(source, "SourceFilename", relativeToVRT="1" if relative else "0").text = filename
+    ET.SubElement(source, "SourceBand").text = str(band)
+    size = {"xSize": str(width), "ySize": str(height)}
+    ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
+    ET.SubElement(source, "DstRect", xOff=str(x_off), yOff=str(y_off), **size)
 
 
 def copy_to_cog(source: str | os.PathLike, destination: str | os.PathLike):
@@ -90,4 +103,4 @@ def block_transform(transform, row0: int):
     return transform @ Affine.translation(0, row0)
 
 
-__all__ = ["COG_OPTIONS", "block_transform", "copy_to_cog", "write_vrt"]
+__all__ = ["COG_OPTIONS", "add_simple_source", "block_transform", "copy_to_cog", "vrt_dataset", "write_vrt"]

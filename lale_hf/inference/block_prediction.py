@@ -24,7 +24,7 @@ from .run_state import RunFolder
 from .scaling import Scaling
 from .sources import NODATA_CLASS, open_source
 from .statistics import AreaStatistics, statistics_csv
-from .tiling import iter_label_rows, plan_tiles
+from .tiling import block_tile_rows, iter_label_rows, plan_tiles
 from .vectorize import vectorize_class_raster
 from .visualization import colorize_with_legend, palette_for_labels
 from .writers import GeoTiffWriter, PngWriter, Preview, StagedFiles
@@ -101,8 +101,6 @@ def predict_blocks(
 
 
 def _block_tiles(plan, item: WorkItem, settings) -> int:
-    from .tiling import block_tile_rows
-
     grid = plan_tiles(plan.height, plan.width, settings.tile_size, settings.overlap)
     return len(block_tile_rows(grid, item.row0, item.row1)) * len(grid.xs)
 

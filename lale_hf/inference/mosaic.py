@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from .assembly import add_simple_source, vrt_dataset
 from .errors import InferenceError
 from .extras import import_rasterio
 from .sources import RASTER_SUFFIXES, is_remote
@@ -34,6 +35,8 @@ class MosaicInput:
 def build_mosaic(name: str, files) -> MosaicInput:
     """Checks that `files` form one mosaic and returns it; raises `InferenceError` naming the file that does not."""
     rasterio = import_rasterio()
+    from affine import Affine  # rasterio's own dependency: imported with it, only when a mosaic is built
+
     if not name or "/" in name or name.startswith("."):
         raise InferenceError(f"--mosaic {name!r}: expected a plain name for the outputs, e.g. --mosaic region.")
     files = [str(f) for f in files]
@@ -76,10 +79,7 @@ def build_mosaic(name: str, files) -> MosaicInput:
     right = max(t.c + t.a * p["width"] for _, p, _, t, _ in infos)
     bottom = min(t.f + t.e * p["height"] for _, p, _, t, _ in infos)
     width, height = _pixels((right - left) / transform.a, first), _pixels((top - bottom) / -transform.e, first)
-    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
-    ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
-    geotransform = (left, transform.a, 0.0, top, 0.0, transform.e)
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in geotransform)
+    root = vrt_dataset(width, height, crs, Affine(transform.a, 0.0, left, 0.0, transform.e, top))
     data_type = _GDAL_TYPES[profile["dtype"]]
     for band in range(1, profile["count"] + 1):
         element = ET.SubElement(root, "VRTRasterBand", dataType=data_type, band=str(band))
@@ -87,14 +87,9 @@ def build_mosaic(name: str, files) -> MosaicInput:
             ET.SubElement(element, "NoDataValue").text = repr(float(profile["nodata"]))
         ET.SubElement(element, "ColorInterp").text = colorinterp[band - 1].name.capitalize()
         for file, other, _, other_transform, _ in infos:
-            source = ET.SubElement(element, "SimpleSource")
-            ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = _gdal_path(file)
-            ET.SubElement(source, "SourceBand").text = str(band)
-            size = {"xSize": str(other["width"]), "ySize": str(other["height"])}
             x_off = _pixels((other_transform.c - left) / transform.a, file)
             y_off = _pixels((top - other_transform.f) / -transform.e, file)
-            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-            ET.SubElement(source, "DstRect", xOff=str(x_off), yOff=str(y_off), **size)
+            add_simple_source(element, _gdal_path(file), band, other["width"], other["height"], x_off, y_off, False)
     return MosaicInput(name, tuple(files), ET.tostring(root, encoding="unicode"))
 
 
